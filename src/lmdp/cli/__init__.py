@@ -1,0 +1,26 @@
+"""Command-line interface: parses arguments, calls the library, prints results.
+
+Each subcommand lives in its own module, which registers it on ``main`` when
+imported at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from lmdp import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lmdp")
+@click.option("-v", "--verbose", count=True, help="Log progress (-v) or debug details (-vv) to stderr.")
+def main(verbose: int) -> None:
+    """Layer-wise membership-risk-aware DP-SGD: train, account, audit, compare."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+
+# Subcommand modules register themselves on ``main``.
+from lmdp.cli import privacy  # noqa: E402,F401
