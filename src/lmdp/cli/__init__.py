@@ -19,8 +19,10 @@ from lmdp import __version__
 def main(verbose: int) -> None:
     """Layer-wise membership-risk-aware DP-SGD: train, account, audit, compare."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    # force=True: Opacus installs a root handler at import, which would swallow this setting.
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
 
 
 # Subcommand modules register themselves on ``main``.
 from lmdp.cli import privacy  # noqa: E402,F401
+from lmdp.cli import run  # noqa: E402,F401
