@@ -26,3 +26,4 @@ def main(verbose: int) -> None:
 # Subcommand modules register themselves on ``main``.
 from lmdp.cli import privacy  # noqa: E402,F401
 from lmdp.cli import run  # noqa: E402,F401
+from lmdp.cli import risk  # noqa: E402,F401

@@ -1,0 +1,56 @@
+"""Membership attacks on intermediate representations and outputs, and their metrics."""
+
+from lmdp.attacks.assessment import (
+    OUTPUT,
+    Assessment,
+    AttackConfig,
+    AttackOutcome,
+    LayerResult,
+    NullBaseline,
+    RecordSplit,
+    assess_held_out,
+    evaluate_level_attacks,
+    fit_level_attacks,
+    split_records,
+)
+from lmdp.attacks.metrics import (
+    LOW_FPR_TARGETS,
+    AttackMetrics,
+    advantage,
+    attack_error,
+    auc,
+    balanced_accuracy,
+    best_threshold,
+    compute_metrics,
+    roc_curve_exact,
+    tpr_at_fpr,
+)
+from lmdp.attacks.models import IR_ATTACKS, OUTPUT_ATTACKS, TRANSFERABLE_ATTACKS, LayerAttacks
+
+__all__ = [
+    "IR_ATTACKS",
+    "LOW_FPR_TARGETS",
+    "OUTPUT",
+    "OUTPUT_ATTACKS",
+    "TRANSFERABLE_ATTACKS",
+    "Assessment",
+    "AttackConfig",
+    "AttackMetrics",
+    "AttackOutcome",
+    "LayerAttacks",
+    "LayerResult",
+    "NullBaseline",
+    "RecordSplit",
+    "advantage",
+    "assess_held_out",
+    "attack_error",
+    "auc",
+    "balanced_accuracy",
+    "best_threshold",
+    "compute_metrics",
+    "evaluate_level_attacks",
+    "fit_level_attacks",
+    "roc_curve_exact",
+    "split_records",
+    "tpr_at_fpr",
+]
