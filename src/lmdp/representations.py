@@ -151,7 +151,7 @@ def capture_representations(
     n_records = inputs.shape[0]
     device = _model_device(model)
     batch_outputs: dict[str, torch.Tensor] = {}
-    batch_features: dict[str, torch.Tensor] = {}
+    batch_features: dict[str, np.ndarray] = {}
     chunks: dict[str, list[np.ndarray]] = {tap: [] for tap in taps}
     output_chunks: list[np.ndarray] = []
     output_tap_hits = {tap: 0 for tap in taps}
@@ -163,7 +163,9 @@ def capture_representations(
             activation = _first_tensor(output, tap)
             batch_outputs[tap] = activation
             pooled = pool_activation(activation, pooling=config.pooling, spatial_grid=config.spatial_grid)
-            batch_features[tap] = _project(pooled, tap, config, projections)
+            # copy=True because pooling a 2-D output returns a view that the in-place operation would change.
+            projected = _project(pooled, tap, config, projections)
+            batch_features[tap] = projected.to("cpu", dtype=torch.float32, copy=True).numpy()
 
         return hook
 
@@ -186,7 +188,7 @@ def capture_representations(
                         raise ConfigError(f"tap {tap!r} did not run in the forward pass; tap a module that runs")
                     if batch_outputs[tap] is output:
                         output_tap_hits[tap] += 1
-                    chunks[tap].append(batch_features[tap].float().cpu().numpy())
+                    chunks[tap].append(batch_features[tap])
                 output_chunks.append(output.reshape(output.shape[0], -1).float().cpu().numpy())
     finally:
         for handle in handles:

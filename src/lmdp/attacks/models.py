@@ -2,15 +2,18 @@
 
 Each attack maps a record (its IR or logits, and its label) to a score,
 higher = more likely a member. Fitting uses two disjoint balanced parts of
-the fitting data: the *train* part fixes the score's direction (or trains a
-classifier), and the *calibrate* part fixes the decision threshold and
-measures the AUC by which the strongest attack is chosen. Evaluation data
-never changes either.
+the fitting data: the *train* part fixes the score's direction where it is
+not fixed in advance (or trains a classifier), and the *calibrate* part
+fixes the decision threshold and measures the AUC by which the strongest
+attack is chosen. Evaluation data never changes either.
 
 IR attacks (``IR_ATTACKS``):
 
 - ``centroid``, ``knn``, ``probe``: one statistic of ``ReferenceStatistics``
-  each, thresholded;
+  each, thresholded (see ``FIXED_DIRECTIONS`` for which directions are
+  fixed in advance and which are learned);
+- ``member_probe``: the loss of a linear probe fitted on the train part's
+  members, thresholded;
 - ``logreg``, ``mlp``: a logistic regression or a one-hidden-layer MLP on
   the standardised, projected IR plus the one-hot label;
 - ``boosted``: gradient boosting on reduced features, namely the three
@@ -22,8 +25,9 @@ of the model's logits, thresholded.
 Attacks in ``TRANSFERABLE_ATTACKS`` use only statistics relative to a
 reference set, so they can be fitted on a shadow model and applied to a
 target model whose reference statistics were refitted on the target's IRs.
-``logreg`` and ``mlp`` read raw IR coordinates, which differ between two
-independently trained networks, so they are not transferable.
+``member_probe``, ``logreg`` and ``mlp`` read raw IR coordinates, which
+differ between two independently trained networks, so they are not
+transferable.
 """
 
 from __future__ import annotations
@@ -43,12 +47,13 @@ from lmdp.attacks.statistics import (
     IR_STATISTICS,
     OUTPUT_STATISTICS,
     ReferenceStatistics,
+    label_loss,
     one_hot,
     output_statistics,
 )
 from lmdp.errors import ConfigError
 
-IR_ATTACKS: tuple[str, ...] = ("centroid", "knn", "probe", "logreg", "mlp", "boosted")
+IR_ATTACKS: tuple[str, ...] = ("centroid", "knn", "probe", "member_probe", "logreg", "mlp", "boosted")
 OUTPUT_ATTACKS: tuple[str, ...] = OUTPUT_STATISTICS
 TRANSFERABLE_ATTACKS: frozenset[str] = frozenset({*IR_STATISTICS, "boosted", *OUTPUT_STATISTICS})
 _CLASSIFIER_ATTACKS = ("logreg", "mlp", "boosted")
@@ -67,26 +72,67 @@ class RecordInputs:
     embedded: np.ndarray | None
 
 
-class ThresholdAttack:
-    """Score = direction × one statistic; direction ∈ {+1, −1} is fixed on the train part.
+#: Fixed score directions: −1 where a lower statistic means "member" (loss), +1 where higher does.
+#: Members were fitted by the model, so their loss is lower and their confidence and margin are
+#: higher; their IRs are easier for a linear probe to classify. Distances in IR space have no
+#: such prior (a member's logits may lie further from the class centroid because they are more
+#: confident), so ``centroid`` and ``knn`` learn their direction on the train part.
+FIXED_DIRECTIONS: dict[str, int] = {"loss": -1, "confidence": 1, "margin": 1, "probe": -1}
 
-    The direction is the sign under which train-part members score higher
-    than train-part non-members (AUC ≥ 0.5); for a trained model the loss
-    attack usually gets −1, because members have the lower loss.
+
+class ThresholdAttack:
+    """Score = direction × one statistic, with direction ∈ {+1, −1}.
+
+    The direction comes from ``FIXED_DIRECTIONS`` when the statistic has
+    one; otherwise ``fit`` picks the sign under which train-part members
+    score higher than train-part non-members (AUC ≥ 0.5).
     """
 
     transferable = True
 
     def __init__(self, name: str):
         self.name = name
+        self.direction = FIXED_DIRECTIONS.get(name, 0)
 
     def fit(self, train: RecordInputs, train_is_member: np.ndarray) -> None:
+        if self.name in FIXED_DIRECTIONS:
+            return
         statistic = train.statistics[self.name]
         train_auc = auc(statistic[train_is_member], statistic[~train_is_member])
         self.direction = 1 if train_auc >= 0.5 else -1
 
     def score(self, inputs: RecordInputs) -> np.ndarray:
         return self.direction * inputs.statistics[self.name]
+
+
+class MemberProbeAttack:
+    """Score = −loss of a linear probe fitted on the train part's members to predict the label.
+
+    Training shapes members' IRs so that the network's next layers map
+    them to their labels. A probe fitted on known members learns that
+    mapping and gives other members a lower loss than non-members, even
+    where non-members show no class structure a reference probe could
+    learn. The direction is −1 (lower loss = member) by construction.
+    """
+
+    transferable = False
+    direction = -1
+
+    def __init__(self, name: str = "member_probe"):
+        self.name = name
+
+    def fit(self, train: RecordInputs, train_is_member: np.ndarray) -> None:
+        members = train.embedded[train_is_member]
+        labels = train.labels[train_is_member]
+        self.single_label_ = labels[0] if np.unique(labels).size < 2 else None
+        if self.single_label_ is None:
+            self.probe_ = LogisticRegression(max_iter=1000).fit(members, labels)
+
+    def score(self, inputs: RecordInputs) -> np.ndarray:
+        if self.single_label_ is not None:
+            # Every train member has one label: the probe predicts it with certainty.
+            return np.where(inputs.labels == self.single_label_, 0.0, -1.0)
+        return -label_loss(self.probe_, inputs.embedded, inputs.labels)
 
 
 class ClassifierAttack:
@@ -157,6 +203,8 @@ class LayerAttacks:
     def _make_attack(self, name: str):
         if name in _CLASSIFIER_ATTACKS:
             return ClassifierAttack(name, num_classes=self.num_classes, seed=self.seed)
+        if name == "member_probe":
+            return MemberProbeAttack()
         return ThresholdAttack(name)
 
     def fit(

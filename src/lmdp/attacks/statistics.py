@@ -109,13 +109,17 @@ class ReferenceStatistics:
         if self.probe_ is None:
             # One class in the reference set: the probe predicts it with certainty.
             return np.where(labels == self.classes_[0], 0.0, -np.log(_MIN_PROBABILITY))
-        probabilities = self.probe_.predict_proba(embedded)
-        column = {int(c): i for i, c in enumerate(self.probe_.classes_)}
-        loss = np.full(len(labels), -np.log(_MIN_PROBABILITY))
-        for label, index in column.items():
-            rows = labels == label
-            loss[rows] = -np.log(np.maximum(probabilities[rows, index], _MIN_PROBABILITY))
-        return loss
+        return label_loss(self.probe_, embedded, labels)
+
+
+def label_loss(probe: LogisticRegression, embedded: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Return each record's cross-entropy under a fitted probe; a label the probe never saw gets the maximum."""
+    probabilities = probe.predict_proba(embedded)
+    loss = np.full(len(labels), -np.log(_MIN_PROBABILITY))
+    for index, label in enumerate(probe.classes_):
+        rows = labels == label
+        loss[rows] = -np.log(np.maximum(probabilities[rows, index], _MIN_PROBABILITY))
+    return loss
 
 
 def output_statistics(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:

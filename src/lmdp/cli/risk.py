@@ -238,8 +238,10 @@ def _load_weights(model, path: str | Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
+        # torch lists missing keys, unexpected keys and shape mismatches on the lines after its header.
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:4] if line.strip())
         raise ArtifactError(
-            f"model file {path} does not fit the model: {str(error).splitlines()[0]}. "
+            f"model file {path} does not fit the model ({details}). "
             "Pass the --model and --dataset the model was trained with"
         ) from error
 
