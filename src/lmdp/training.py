@@ -26,6 +26,7 @@ from lmdp.errors import ConfigError, NonFiniteLossError
 from lmdp.models.layer_map import LayerMap
 from lmdp.privacy.accounting import ACCOUNTANTS, epsilon_from_history
 from lmdp.privacy.engine import LMDPEngine, warn_if_delta_too_large
+from lmdp.privacy.ghost import GRAD_SAMPLE_MODES
 from lmdp.privacy.mechanism import PrivacyMechanism
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class TrainingConfig:
     max_physical_batch_size: int = 256
     seed: int = 0
     secure_mode: bool = False
+    grad_sample_mode: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -85,6 +87,8 @@ class TrainingConfig:
             problems.append(f"accountant must be one of {list(ACCOUNTANTS)}; got {self.accountant!r}")
         if isinstance(self.max_physical_batch_size, bool) or not isinstance(self.max_physical_batch_size, int) or self.max_physical_batch_size < 1:
             problems.append(f"max_physical_batch_size must be an integer ≥ 1; got {self.max_physical_batch_size!r}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            problems.append(f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}; got {self.grad_sample_mode!r}")
         if self.method == "lmdpsgd" and self.layer_weights is None:
             problems.append("method 'lmdpsgd' needs layer_weights (from a risk profile); use method 'dpsgd' for uniform weights")
         if self.method == "dpsgd" and self.layer_weights is not None and any(w != 1 for w in self.layer_weights.values()):
@@ -185,6 +189,7 @@ def train(
             dataset_size=n_samples,
             noise_generator=noise_generator,
             loss_reduction="sum",
+            grad_sample_mode=config.grad_sample_mode,
         )
 
     start_step, loss_history, empty_batches = 0, [], 0
@@ -267,8 +272,7 @@ def _private_step(module, optimizer, x, y, indices, max_physical_batch_size: int
             # Opacus's backward hooks fire on the first layer although the
             # inputs need no gradient; torch warns about it on every call.
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-            losses.sum().backward()
-        optimizer.clip_and_accumulate()
+            optimizer.backward(losses)
         total_loss += float(losses.detach().sum())
         count += len(chunk)
     optimizer.step()

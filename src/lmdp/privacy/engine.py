@@ -8,8 +8,11 @@ weights from a risk profile::
         module=model, optimizer=optimizer, data_loader=loader, layer_map=layer_map,
         noise_multiplier=1.1, max_grad_norm=1.0, layer_weights=weights,
     )
-    ...  # usual loop: loss.backward(); optimizer.step(); optimizer.zero_grad()
+    ...  # per batch: optimizer.backward(per_example_losses); optimizer.step(); optimizer.zero_grad()
     epsilon = engine.get_epsilon(delta=1e-5)
+
+In hooks mode ``loss.backward()`` followed by ``optimizer.step()`` also
+works; ghost mode needs ``optimizer.backward``, which runs its two passes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Mapping
 
 import torch
 from opacus import GradSampleModule
+from opacus.grad_sample import AbstractGradSampleModule
 from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.optim import Optimizer
@@ -34,8 +38,10 @@ from lmdp.privacy.accounting import (
     epsilon_from_history,
     steps_for_epochs,
 )
+from lmdp.privacy.ghost import GhostLMDPOptimizer, resolve_grad_sample_mode, wrap_for_ghost_clipping
 from lmdp.privacy.mechanism import PrivacyMechanism, resolve_layer_weights
 from lmdp.privacy.optimizer import LMDPOptimizer
+from lmdp.privacy.sensitivity import SensitivityCheck, check_sensitivity
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,7 @@ class LMDPEngine:
         self.accountant = create_accountant(accountant)
         self.secure_mode = secure_mode
         self.mechanism: PrivacyMechanism | None = None
+        self.sensitivity_check: SensitivityCheck | None = None
 
     def make_private(
         self,
@@ -69,7 +76,8 @@ class LMDPEngine:
         dataset_size: int | None = None,
         noise_generator: torch.Generator | None = None,
         loss_reduction: str = "mean",
-    ) -> tuple[GradSampleModule, LMDPOptimizer, DataLoader | None]:
+        grad_sample_mode: str = "auto",
+    ) -> tuple[AbstractGradSampleModule, LMDPOptimizer, DataLoader | None]:
         """Wrap ``module`` for per-example gradients and ``optimizer`` for LM-DP-SGD steps.
 
         Give either ``data_loader`` (it is replaced by a Poisson-sampling
@@ -79,9 +87,15 @@ class LMDPEngine:
         optionally ``"head"``; ``None`` gives DP-SGD. ``loss_reduction`` is
         how your loss reduces over a batch (``"mean"`` or ``"sum"``), so
         that per-example gradients are those of each record's own loss.
+
+        ``grad_sample_mode`` selects how per-example norms are computed:
+        ``"hooks"`` stores every per-example gradient, ``"ghost"`` uses ghost
+        clipping (``lmdp.privacy.ghost``) and ``"auto"`` picks the faster one
+        for the model. Both give the same step up to rounding.
         """
         if loss_reduction not in ("mean", "sum"):
             raise ConfigError(f"loss_reduction must be 'mean' or 'sum'; got {loss_reduction!r}")
+        grad_sample_mode = resolve_grad_sample_mode(grad_sample_mode, module)
         validate_model(module)
         if data_loader is not None:
             data_loader = DPDataLoader.from_data_loader(data_loader, generator=None)
@@ -110,22 +124,38 @@ class LMDPEngine:
                 "set a finite max_grad_norm, or train with noise_multiplier=0 and no privacy claim"
             )
         logger.info(
-            "LM-DP-SGD: sensitivity %.4g, noise std %.4g, sample_rate %.4g, layer_weights %s",
+            "LM-DP-SGD (%s mode): sensitivity %.4g, noise std %.4g, sample_rate %.4g, layer_weights %s",
+            grad_sample_mode,
             self.mechanism.sensitivity,
             self.mechanism.noise_std,
             sample_rate,
             weights,
         )
 
-        wrapped = GradSampleModule(module, batch_first=True, loss_reduction=loss_reduction)
-        dp_optimizer = LMDPOptimizer(
-            optimizer,
-            model=module,
-            layer_map=layer_map,
-            mechanism=self.mechanism,
-            generator=noise_generator,
-            secure_mode=self.secure_mode,
-        )
+        if grad_sample_mode == "ghost":
+            wrapped = wrap_for_ghost_clipping(module, max_grad_norm=max_grad_norm)
+            dp_optimizer = GhostLMDPOptimizer(
+                optimizer,
+                module=wrapped,
+                model=module,
+                layer_map=layer_map,
+                mechanism=self.mechanism,
+                generator=noise_generator,
+                secure_mode=self.secure_mode,
+            )
+        else:
+            wrapped = GradSampleModule(module, batch_first=True, loss_reduction=loss_reduction)
+            dp_optimizer = LMDPOptimizer(
+                optimizer,
+                model=module,
+                layer_map=layer_map,
+                mechanism=self.mechanism,
+                generator=noise_generator,
+                secure_mode=self.secure_mode,
+                loss_reduction=loss_reduction,
+            )
+        # Refuse to train when the optimizer's own clipping and noise do not give the accounted mechanism.
+        self.sensitivity_check = check_sensitivity(dp_optimizer)
         dp_optimizer.step_hooks.append(self._account_step)
         return wrapped, dp_optimizer, data_loader
 
@@ -139,7 +169,7 @@ class LMDPEngine:
         sample_rate: float | None = None,
         data_loader: DataLoader | None = None,
         **kwargs,
-    ) -> tuple[GradSampleModule, LMDPOptimizer, DataLoader | None]:
+    ) -> tuple[AbstractGradSampleModule, LMDPOptimizer, DataLoader | None]:
         """Calibrate σ for (``target_epsilon``, ``target_delta``) over ``steps`` or ``epochs``, then ``make_private``."""
         if (steps is None) == (epochs is None):
             raise ConfigError(f"give exactly one of steps and epochs; got steps={steps}, epochs={epochs}")

@@ -11,7 +11,8 @@ The optimizer reads per-example gradients ``p.grad_sample`` of shape
 ``(batch_size, *p.shape)`` that Opacus's ``GradSampleModule`` stores, so it
 never re-derives them. A logical batch may arrive as several physical batches:
 ``clip_and_accumulate`` runs after each backward pass and ``step`` adds the
-noise once.
+noise once. ``backward(losses)`` does both for one physical batch, in this
+mode and in ghost mode (``lmdp.privacy.ghost``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class LMDPOptimizer:
             global torch RNG.
         secure_mode: draw noise with Opacus's floating-point-attack-resistant
             sampler (slower).
+        loss_reduction: ``"mean"`` or ``"sum"``, how ``backward`` reduces the
+            per-example losses. It must equal the ``loss_reduction`` of the
+            ``GradSampleModule``, which undoes a mean so that per-example
+            gradients stay those of each record's own loss.
     """
 
     def __init__(
@@ -58,8 +63,11 @@ class LMDPOptimizer:
         mechanism: PrivacyMechanism,
         generator: torch.Generator | None = None,
         secure_mode: bool = False,
+        loss_reduction: str = "sum",
     ):
         self.original_optimizer = optimizer
+        self.model = model
+        self.loss_reduction = loss_reduction
         self.mechanism = mechanism
         self.generator = generator
         self.secure_mode = secure_mode
@@ -93,7 +101,8 @@ class LMDPOptimizer:
             squared = None
             for p in self.group_params[name]:
                 grad_sample = p.grad_sample
-                term = grad_sample.reshape(len(grad_sample), -1).pow(2).sum(dim=1)
+                # vector_norm reads the per-example gradients without allocating a squared copy.
+                term = torch.linalg.vector_norm(grad_sample.reshape(len(grad_sample), -1), dim=1).pow(2)
                 squared = term if squared is None else squared + term
             columns.append(squared.sqrt())
         return torch.stack(columns, dim=1)
@@ -121,14 +130,7 @@ class LMDPOptimizer:
         if not self._has_pending_grad_samples():
             return
         group_norms = self.per_example_group_norms()
-        if not torch.isfinite(group_norms).all():
-            bad = torch.nonzero(~torch.isfinite(group_norms).all(dim=1)).flatten().tolist()
-            self.zero_grad()
-            raise NonFiniteLossError(
-                f"non-finite per-example gradients for examples {bad[:10]} of the physical batch at step "
-                f"{self.steps_taken}; the parameters are unchanged. Check the inputs and the loss for inf or NaN, "
-                "or lower the learning rate"
-            )
+        self._check_finite(group_norms)
         factors = self.clip_factors(self.weighted_norms(group_norms))
         for p in self.params:
             grad_sample = p.grad_sample
@@ -150,6 +152,19 @@ class LMDPOptimizer:
         """Divide ``p.grad`` by the public expected batch size q·N, never the realised one."""
         for p in self.params:
             p.grad /= self.mechanism.expected_batch_size
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Backpropagate the per-example ``losses`` of one physical batch and add its Σ_i ū_i.
+
+        ``losses`` has shape ``(batch_size,)``, one unreduced loss per record.
+        """
+        if losses.numel() == 0:
+            # An empty physical batch adds nothing; drop what its forward pass stored.
+            self._discard_activations()
+            return
+        reduced = losses.mean() if self.loss_reduction == "mean" else losses.sum()
+        reduced.backward()
+        self.clip_and_accumulate()
 
     # -- torch.optim.Optimizer-like interface ------------------------------
 
@@ -197,6 +212,28 @@ class LMDPOptimizer:
                 "every trainable parameter must take part in the forward pass"
             )
         return bool(pending) and pending[0]
+
+    def _check_finite(self, group_norms: torch.Tensor) -> None:
+        if not torch.isfinite(group_norms).all():
+            bad = torch.nonzero(~torch.isfinite(group_norms).all(dim=1)).flatten().tolist()
+            self.zero_grad()
+            raise NonFiniteLossError(
+                f"non-finite per-example gradients for examples {bad[:10]} of the physical batch at step "
+                f"{self.steps_taken}; the parameters are unchanged. Check the inputs and the loss for inf or NaN, "
+                "or lower the learning rate"
+            )
+
+    def _discard_activations(self) -> None:
+        # Opacus's forward hooks push each layer's inputs on ``module.activations``
+        # and count forward passes in ``p._forward_counter``; its backward hooks
+        # pop and count down. Without a backward pass both are reset here, or the
+        # next pass would size its batch from stale inputs and, in ghost mode,
+        # take the second forward pass for parameter tying.
+        for submodule in self.model.modules():
+            if hasattr(submodule, "activations"):
+                submodule.activations.clear()
+        for p in self.params:
+            p._forward_counter = 0
 
     def _reset_summed_grad(self) -> None:
         for p in self.params:

@@ -1,0 +1,195 @@
+"""Ghost-clipping mode of LM-DP-SGD: per-example norms without per-example gradients.
+
+Clipping needs only each record's gradient norm. For a linear layer with
+input a_i and output gradient b_i, the norm follows from the two vectors
+alone: ‖b_i a_iᵀ‖_F = ‖a_i‖₂·‖b_i‖₂ (ghost clipping). A second backward pass
+of the losses scaled by the clip factors then yields the clipped sum. Layer
+weights need no extra pass, because the weighted norm needs only the
+per-group norms and each weight scales its group's sum:
+
+    ‖u_i‖₂ = sqrt(Σ_l w_l² ‖g_i^(l)‖²)           from the first backward pass
+    c_i    = min(1, C / ‖u_i‖₂)
+    Σ_i ū_i^(l) = w_l · ∇_{θ_l} Σ_i c_i·loss_i     from the second backward pass
+
+After the first pass, Opacus's ``GradSampleModuleFastGradientClipping``
+stores ``p._norm_sample`` (shape ``(batch_size,)``) on every trainable
+parameter. Layer types with a registered norm sampler (``nn.Linear`` and
+``nn.Embedding`` in Opacus 1.6) get ghost norms. Every other layer falls back
+to its own per-example gradient, which Opacus computes, reduces to a norm and
+frees layer by layer, so only those layers ever have per-example gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
+from torch import nn
+from torch.optim import Optimizer
+
+from lmdp.errors import ConfigError
+from lmdp.models.layer_map import LayerMap
+from lmdp.privacy.mechanism import PrivacyMechanism
+from lmdp.privacy.optimizer import LMDPOptimizer
+
+GRAD_SAMPLE_MODES = ("auto", "hooks", "ghost")
+
+
+def ghost_norm_layer_types() -> tuple[type[nn.Module], ...]:
+    """Return the layer types whose per-example norms Opacus computes without per-example gradients."""
+    return tuple(GradSampleHooksFastGradientClipping.NORM_SAMPLERS)
+
+
+def resolve_grad_sample_mode(grad_sample_mode: str, module: nn.Module) -> str:
+    """Return ``"hooks"`` or ``"ghost"``: the mode requested, or for ``"auto"`` the faster one for ``module``.
+
+    ``"auto"`` picks ghost mode when layers with a ghost norm hold at least
+    half of the trainable parameters, and hooks mode otherwise. Ghost mode
+    pays one extra backward pass to avoid storing per-example gradients, which
+    only pays off when the ghost-norm layers carry most of the parameters.
+
+    Raises:
+        ConfigError: for a mode not in ``GRAD_SAMPLE_MODES``.
+    """
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError(f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}; got {grad_sample_mode!r}")
+    if grad_sample_mode != "auto":
+        return grad_sample_mode
+    ghost_types = ghost_norm_layer_types()
+    total, in_ghost_layers = 0, 0
+    for submodule in module.modules():
+        count = sum(p.numel() for p in submodule.parameters(recurse=False) if p.requires_grad)
+        total += count
+        if type(submodule) in ghost_types:
+            in_ghost_layers += count
+    return "ghost" if total and 2 * in_ghost_layers >= total else "hooks"
+
+
+def wrap_for_ghost_clipping(module: nn.Module, *, max_grad_norm: float) -> GradSampleModuleFastGradientClipping:
+    """Wrap ``module`` so that each backward pass stores ``p._norm_sample`` for every trainable parameter.
+
+    The per-example losses are always summed before the first pass, so the
+    wrapper uses ``loss_reduction="sum"`` whatever the caller's reduction.
+    """
+    return GradSampleModuleFastGradientClipping(
+        module,
+        batch_first=True,
+        loss_reduction="sum",
+        max_grad_norm=max_grad_norm,
+        use_ghost_clipping=True,
+    )
+
+
+class GhostLMDPOptimizer(LMDPOptimizer):
+    """``LMDPOptimizer`` whose per-example norms come from ghost clipping.
+
+    Train with ``optimizer.backward(per_example_losses)`` after each forward
+    pass, in place of ``loss.backward()``: it runs both backward passes and
+    accumulates the clipped, weighted sum. ``step`` then adds the noise and
+    scales, as in hooks mode.
+
+    Args:
+        optimizer: the optimizer that applies the privatised gradient.
+        module: ``model`` wrapped by ``wrap_for_ghost_clipping``.
+        model: the (unwrapped) model whose parameters ``optimizer`` updates.
+        layer_map, mechanism, generator, secure_mode: as for ``LMDPOptimizer``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        module: GradSampleModuleFastGradientClipping,
+        model: nn.Module,
+        layer_map: LayerMap,
+        mechanism: PrivacyMechanism,
+        generator: torch.Generator | None = None,
+        secure_mode: bool = False,
+    ):
+        super().__init__(
+            optimizer,
+            model=model,
+            layer_map=layer_map,
+            mechanism=mechanism,
+            generator=generator,
+            secure_mode=secure_mode,
+            loss_reduction="sum",
+        )
+        self.module = module
+
+    def per_example_group_norms(self) -> torch.Tensor:
+        """Return ‖g_i^(l)‖₂ for each example i and group l from the ghost norms, shape ``(batch_size, num_groups)``."""
+        columns = []
+        for name in self.group_names:
+            squared = None
+            for p in self.group_params[name]:
+                term = p._norm_sample.pow(2)
+                squared = term if squared is None else squared + term
+            columns.append(squared.sqrt())
+        return torch.stack(columns, dim=1)
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Backpropagate the per-example ``losses`` of one physical batch twice and add its Σ_i ū_i.
+
+        The first pass stores the per-example norms (its parameter gradients
+        are discarded), the second backpropagates Σ_i c_i·loss_i with the
+        norm hooks off, so ``p.grad`` is Σ_i c_i·g_i. ``losses`` has shape
+        ``(batch_size,)``, one unreduced loss per record.
+
+        Raises:
+            NonFiniteLossError: when a per-example gradient is NaN or
+                infinite; nothing is accumulated and no parameter changes.
+        """
+        if losses.numel() == 0:
+            # An empty physical batch adds nothing; drop what its forward pass stored.
+            self._discard_activations()
+            return
+
+        losses.sum().backward(retain_graph=True)
+        missing = [index for index, p in enumerate(self.params) if getattr(p, "_norm_sample", None) is None]
+        if missing:
+            raise RuntimeError(
+                f"parameters at positions {missing} have no per-example norm after backward; "
+                "every trainable parameter must take part in the forward pass"
+            )
+        group_norms = self.per_example_group_norms()
+        self._check_finite(group_norms)
+        factors = self.clip_factors(self.weighted_norms(group_norms)).detach()
+        for p in self.params:
+            p.grad = None
+            p._norm_sample = None
+
+        self.module.disable_hooks()
+        try:
+            (factors.to(losses.dtype) * losses).sum().backward()
+        finally:
+            self.module.enable_hooks()
+        self.accumulate_weighted_grads()
+
+    def accumulate_weighted_grads(self) -> None:
+        """Add w_l · ``p.grad`` to ``p.summed_grad`` for each parameter p of group l, then drop ``p.grad``."""
+        for p in self.params:
+            contribution = p.grad.mul_(self._weight_of[p])
+            p.summed_grad = contribution if p.summed_grad is None else p.summed_grad.add_(contribution)
+            p.grad = None
+
+    def clip_and_accumulate(self) -> None:
+        """Check that nothing bypassed ``backward``: ghost mode clips inside ``backward``.
+
+        Raises:
+            RuntimeError: when a parameter has a gradient that did not come
+                through ``backward``, such as one from ``loss.backward()``.
+        """
+        stray = [index for index, p in enumerate(self.params) if p.grad is not None]
+        if stray:
+            self.zero_grad()
+            raise RuntimeError(
+                f"parameters at positions {stray} have an unclipped gradient; in ghost mode call "
+                "optimizer.backward(per_example_losses) instead of loss.backward(). The gradients were dropped"
+            )
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop gradients, per-example norms and the accumulated clipped sum."""
+        for p in self.params:
+            p._norm_sample = None
+        super().zero_grad(set_to_none)
