@@ -146,7 +146,9 @@ def test_risk_and_audit_commands(digits, tmp_path):
                                 "--sample-rate", "0.2", "--gamma", "2", "--min-weight", "0.2",
                                 "--save-shadow", str(tmp_path / "shadow.pt"), "--out", str(tmp_path / "profile.json")])
     assert risk.exit_code == 0, risk.output
-    assert "hidden1" in risk.output and "weight" in risk.output and "Peak AUC" in risk.output
+    assert "hidden1" in risk.output
+    assert "weight" in risk.output
+    assert "Peak AUC" in risk.output
     profile = load_risk_profile(tmp_path / "profile.json")
     assert profile.weighting == {"name": "error_proportional", "gamma": 2.0, "min_weight": 0.2, "beta": 0.5}
     assert all(0.2 <= weight <= 1 for weight in profile.layer_weights.values())
@@ -162,7 +164,8 @@ def test_risk_and_audit_commands(digits, tmp_path):
                                  "--public-indices", str(tmp_path / "public.txt"),
                                  "--out", str(tmp_path / "audit.json")])
     assert audit.exit_code == 0, audit.output
-    assert "held_out setting" in audit.output and "transfer setting" in audit.output
+    assert "held_out setting" in audit.output
+    assert "transfer setting" in audit.output
     result = load_audit(tmp_path / "audit.json")
     assert result.transfer is not None
     assert result.shadow["shared_records"] == 0

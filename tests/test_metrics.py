@@ -100,7 +100,8 @@ def test_compute_metrics_values():
     assert metrics.balanced_accuracy == pytest.approx(0.875)
     assert metrics.attack_error == pytest.approx(0.125)
     assert metrics.tpr_at_fpr == {"0.01": pytest.approx(0.75), "0.001": pytest.approx(0.75)}
-    assert metrics.members == 4 and metrics.non_members == 4
+    assert metrics.members == 4
+    assert metrics.non_members == 4
     assert metrics.ci == {}
 
 

@@ -104,7 +104,9 @@ def test_capture_runs_in_eval_mode_and_restores_flags():
     np.testing.assert_array_equal(first.features["1"], second.features["1"])
     with torch.no_grad():
         np.testing.assert_allclose(first.features["1"], model[0](x).numpy(), rtol=1e-6)
-    assert model.training and model[0].training and model[1].training
+    assert model.training
+    assert model[0].training
+    assert model[1].training
     assert not model[2].training
 
 
@@ -147,7 +149,7 @@ def test_wide_layers_are_projected_consistently():
     assert unprojected.features["1"].shape == (40, 300)
 
 
-def test_in_place_operation_after_tap_does_not_change_capture():
+def test_capture_survives_inplace_relu():
     model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(inplace=True), nn.Linear(6, 2))
     x = torch.randn(30, 3)
     representations = capture_representations(model, x, taps=("0",))

@@ -66,9 +66,10 @@ def mlp_profile(digits):
 class MemorisingModel(nn.Module):
     """Input = [8 weakly class-informative features | 32-dim per-record code | 16 noise features].
 
-    ``memo`` sees the features and the code, so training to 100% accuracy
-    makes it memorise the members through their codes. ``noise`` is frozen
-    and sees only the noise features, so its IR carries no membership signal.
+    ``memo`` gets the features and the code as input, so training to 100%
+    accuracy makes it memorise the members through their codes. ``noise`` is
+    frozen and gets only the noise features, so its IR carries no membership
+    signal.
     """
 
     taps = ("memo", "noise")
@@ -213,7 +214,8 @@ def test_profile_for_other_architecture_is_rejected(mlp_profile, tmp_path, digit
     message = str(raised.value)
     assert "['hidden1', 'logits']" in message
     assert "['block1', 'block2', 'fc', 'logits']" in message
-    assert "MLP" in message and "CNN" in message
+    assert "MLP" in message
+    assert "CNN" in message
 
 
 def test_profile_for_other_taps_is_rejected(mlp_profile, tmp_path):

@@ -5,7 +5,7 @@ target's members and non-members and runs the attack suite in two settings:
 
 - ``held_out``: attacks fitted on part of the target's own members and
   non-members and evaluated on the rest. This is the strongest estimate,
-  because the attacker knows some of the target's members.
+  because the attacker has some of the target's members.
 - ``transfer``: attacks fitted on a shadow model and its public records,
   then applied to the target. Reference statistics are refitted on the
   target's IRs of the shadow's reference records (public non-members), so

@@ -1,9 +1,9 @@
 """Phase A of LM-DP-SGD: layer risk from public data only, saved as a risk profile.
 
-Public data is split into shadow members and shadow non-members, a shadow
-model of the target's architecture is trained on the members, and the
-attack suite measures at every tap how well its IRs separate the two
-halves (``lmdp.attacks``, held-out setting). The resulting ``RiskProfile``
+Public data is split into shadow members and shadow non-members, and a
+shadow model of the target's architecture is trained on the members. The
+attack suite of ``lmdp.attacks`` then measures, in the held-out setting,
+how well each tap's IRs separate the two halves. The resulting ``RiskProfile``
 stores, per layer, the attack error e_l, the layer risk r_l, AUC and TPR at
 low FPR with bootstrap CIs and the attack chosen, plus the provenance that
 ties it to one architecture, one set of taps and one shadow dataset.

@@ -10,7 +10,7 @@ on one set of members and non-members, in one of two settings:
   scored on a target model's records.
 
 For each level the strongest attack is the one with the highest AUC on the
-calibrate part, so the choice never sees evaluation data. The attack error
+calibrate part, so the choice never uses evaluation data. The attack error
 e_l = 1 − balanced accuracy of that attack on the evaluation part, at the
 threshold fixed on the calibrate part, and the layer risk is
 r_l = max(0, 1 − 2·e_l) (LM-DP-SGD, Meng et al., arXiv:2602.22611).
@@ -52,10 +52,9 @@ _MIN_PART_SIZE = 4
 class AttackConfig:
     """Settings of the attack suite and of its metrics.
 
-    ``reference_fraction`` of the non-members form the reference set;
-    ``fit_fraction`` of the remaining balanced records fit the attacks
-    (half train, half calibrate) in the held-out setting, the rest evaluate
-    them. Confidence intervals come from ``n_bootstrap`` stratified
+    ``reference_fraction`` of the non-members form the reference set. In
+    the held-out setting ``fit_fraction`` of the remaining balanced records
+    fit the attacks (half train, half calibrate), and the rest evaluate them. Confidence intervals come from ``n_bootstrap`` stratified
     resamples; the null baseline from ``n_permutations`` label permutations.
     """
 
@@ -228,7 +227,7 @@ class LayerResult:
     evaluation data, so ``metrics.attack_error`` is e_l. ``layer_risk`` is
     r_l = max(0, 1 − 2·e_l), with ``layer_risk_ci`` mapped from the attack
     error's interval. ``p_value`` is the permutation p-value of the chosen
-    attack's AUC. ``attacks`` holds every attack of the level.
+    attack's AUC. ``attacks`` contains every attack of the level.
     """
 
     name: str
@@ -277,7 +276,7 @@ class NullBaseline:
     """Distribution of a statistic under permuted membership labels, and the observed value's p-value.
 
     ``p_value`` = (1 + #{permuted ≥ observed}) / (1 + n_permutations).
-    ``values`` holds every permuted value, for plots.
+    ``values`` contains every permuted value, for plots.
     """
 
     statistic: str

@@ -1,7 +1,7 @@
 """Membership-attack metrics: AUC, balanced accuracy, advantage, TPR at low FPR, bootstrap CIs.
 
 Every function takes the scores of members and of non-members as two 1-D
-arrays. Higher scores mean "more likely a member"; an attack fixes the
+arrays. Higher scores mean "more likely a member". An attack fixes the
 direction of its score when it is fitted, so these functions never flip it.
 A record is predicted a member when its score is ``>= threshold``.
 
@@ -41,7 +41,7 @@ def roc_curve_exact(member_scores: Any, non_member_scores: Any) -> tuple[np.ndar
     """Compute the exact ROC of "member if score >= threshold".
 
     Returns ``(fpr, tpr, thresholds)``, ordered by increasing FPR. The first
-    point is (0, 0) with threshold ``+inf``; each following point has a
+    point is (0, 0) with threshold ``+inf``. Each following point has a
     distinct score value as threshold, so ties never split a step.
     """
     members = _as_scores(member_scores, "member_scores")
@@ -93,8 +93,8 @@ def advantage(member_scores: Any, non_member_scores: Any) -> float:
     """Return the membership advantage max over thresholds of (TPR − FPR), in [0, 1].
 
     The maximum is taken on the given scores, so on evaluation data it is
-    an optimistic (best-threshold) figure; ``attack_error`` uses a threshold
-    fixed on fitting data instead.
+    an optimistic (best-threshold) figure. ``attack_error`` uses a
+    threshold fixed on fitting data instead.
     """
     fpr, tpr, _ = roc_curve_exact(member_scores, non_member_scores)
     return float(np.max(tpr - fpr))
@@ -186,7 +186,9 @@ class AttackMetrics:
 
 
 def _float_to_json(value: float) -> float | str:
-    return value if np.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if np.isfinite(value):
+        return value
+    return "inf" if value > 0 else "-inf"
 
 
 def _float_from_json(value: float | str) -> float:

@@ -2,8 +2,8 @@
 
 Each attack maps a record (its IR or logits, and its label) to a score,
 higher = more likely a member. Fitting uses two disjoint balanced parts of
-the fitting data: the *train* part fixes the score's direction where it is
-not fixed in advance (or trains a classifier), and the *calibrate* part
+the fitting data. The *train* part trains a classifier, or fixes the
+score's direction where it is not fixed in advance. The *calibrate* part
 fixes the decision threshold and measures the AUC by which the strongest
 attack is chosen. Evaluation data never changes either.
 
@@ -72,11 +72,11 @@ class RecordInputs:
     embedded: np.ndarray | None
 
 
-#: Fixed score directions: −1 where a lower statistic means "member" (loss), +1 where higher does.
-#: Members were fitted by the model, so their loss is lower and their confidence and margin are
-#: higher; their IRs are easier for a linear probe to classify. Distances in IR space have no
-#: such prior (a member's logits may lie further from the class centroid because they are more
-#: confident), so ``centroid`` and ``knn`` learn their direction on the train part.
+#: Fixed score directions: −1 where a lower statistic means "member" (a loss), +1 where a higher one does.
+#: The model was fitted to its members, so their loss is lower, their confidence and margin are
+#: higher, and their IRs are easier for a linear probe to classify. Distances in IR space have no
+#: such prior, because a member's logits may lie further from the class centroid when they are more
+#: confident. So ``centroid`` and ``knn`` learn their direction on the train part.
 FIXED_DIRECTIONS: dict[str, int] = {"loss": -1, "confidence": 1, "margin": 1, "probe": -1}
 
 
@@ -84,7 +84,7 @@ class ThresholdAttack:
     """Score = direction × one statistic, with direction ∈ {+1, −1}.
 
     The direction comes from ``FIXED_DIRECTIONS`` when the statistic has
-    one; otherwise ``fit`` picks the sign under which train-part members
+    one. Otherwise ``fit`` picks the sign under which train-part members
     score higher than train-part non-members (AUC ≥ 0.5).
     """
 
@@ -213,10 +213,10 @@ class LayerAttacks:
         train: tuple[np.ndarray, np.ndarray, np.ndarray],
         calibrate: tuple[np.ndarray, np.ndarray, np.ndarray],
     ) -> LayerAttacks:
-        """Fit every attack; each part is ``(features, labels[, is_member])``.
+        """Fit every attack on parts given as ``(features, labels)`` or ``(features, labels, is_member)``.
 
-        ``reference`` holds non-members only and is required at the IR
-        level; it must be disjoint from ``train`` and ``calibrate``.
+        ``reference`` contains non-members only and is required at the IR
+        level. It must be disjoint from ``train`` and ``calibrate``.
         """
         if self.level == "ir":
             if reference is None:

@@ -1,9 +1,9 @@
 """Per-record attack statistics: IR statistics against a reference set, and output statistics.
 
 Raw IRs carry little membership signal on their own, so every IR statistic
-uses the record's label. The reference set holds records known to be
-non-members; a member tends to sit closer to its class in IR space and to
-be easier to classify there, because training pulled it there.
+uses the record's label. The reference set contains records known to be
+non-members. Training pulls a member towards its class in IR space, so a
+member tends to sit closer to its class there and to be easier to classify.
 
 The statistics are raw numbers without a membership direction. The attack
 that uses one (``lmdp.attacks.models``) fixes the sign on its fitting data.

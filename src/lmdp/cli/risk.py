@@ -234,7 +234,7 @@ def _load_weights(model, path: str | Path) -> None:
     if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
         state = state["model"]
     if not isinstance(state, dict):
-        raise ArtifactError(f"model file {path} holds a {type(state).__name__}, not a state_dict or an lmdp checkpoint")
+        raise ArtifactError(f"model file {path} contains a {type(state).__name__}, not a state_dict or an lmdp checkpoint")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
