@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lmdp.errors import ConfigError, NonFiniteLossError
 from lmdp.models import build_layer_map, build_model
-from lmdp.privacy import LMDPEngine
+from lmdp.privacy import LMDPEngine, ghost
 from lmdp.privacy.ghost import GRAD_SAMPLE_MODES, GhostLMDPOptimizer, resolve_grad_sample_mode
 from lmdp.training import TrainingConfig, train
 
@@ -91,6 +91,20 @@ def test_ghost_group_norms_match_hooks(name):
     ghost_norms = ghost_optimizer.per_example_group_norms()
     assert ghost_norms.shape == (len(x), len(hooks_optimizer.group_names))
     torch.testing.assert_close(ghost_norms, hooks_norms, atol=1e-8, rtol=1e-8)
+
+
+def test_sliced_norms_match_hooks(monkeypatch):
+    """Slices of one record each give the norms of the whole batch at once."""
+    monkeypatch.setattr(ghost, "_SLICE_ELEMENTS", 1)
+    model, x, y, layer_map = make_case("resnet")
+    ghost_model = copy.deepcopy(model)
+    hooks_module, hooks_optimizer, _ = make_private(model, layer_map, "hooks", weights=weights_for(layer_map))
+    ghost_module, ghost_optimizer, _ = make_private(ghost_model, layer_map, "ghost", weights=weights_for(layer_map))
+    F.cross_entropy(hooks_module(x), y, reduction="sum").backward()
+    F.cross_entropy(ghost_module(x), y, reduction="sum").backward()
+    torch.testing.assert_close(
+        ghost_optimizer.per_example_group_norms(), hooks_optimizer.per_example_group_norms(), atol=1e-8, rtol=1e-8
+    )
 
 
 @pytest.mark.parametrize("name", sorted(INPUT_SHAPES))

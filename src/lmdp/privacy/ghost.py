@@ -15,11 +15,15 @@ After the first pass, Opacus's ``GradSampleModuleFastGradientClipping``
 stores ``p._norm_sample`` (shape ``(batch_size,)``) on every trainable
 parameter. Layer types with a registered norm sampler (``nn.Linear`` and
 ``nn.Embedding`` in Opacus 1.6) get ghost norms. Every other layer falls back
-to its own per-example gradient, which Opacus computes, reduces to a norm and
-frees layer by layer, so only those layers ever have per-example gradients.
+to its own per-example gradient, reduced to a norm and freed layer by layer,
+so only those layers ever have per-example gradients. ``GhostGradSampleModule``
+computes them for convolutions and normalisation layers in slices of the
+batch, which bounds the memory that unfolding a convolution's input takes.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
@@ -33,6 +37,21 @@ from lmdp.privacy.mechanism import PrivacyMechanism
 from lmdp.privacy.optimizer import LMDPOptimizer
 
 GRAD_SAMPLE_MODES = ("auto", "hooks", "ghost")
+
+# Layer types whose per-example gradients ghost mode computes slice by slice.
+_SLICED_LAYER_TYPES = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+# Each slice's inputs, after unfolding for a convolution, and output gradients
+# have at most this many elements (16 MiB in float32).
+_SLICE_ELEMENTS = 2**22
 
 
 def ghost_norm_layer_types() -> tuple[type[nn.Module], ...]:
@@ -65,19 +84,61 @@ def resolve_grad_sample_mode(grad_sample_mode: str, module: nn.Module) -> str:
     return "ghost" if total and 2 * in_ghost_layers >= total else "hooks"
 
 
-def wrap_for_ghost_clipping(module: nn.Module, *, max_grad_norm: float) -> GradSampleModuleFastGradientClipping:
+def _sliced_norm_sampler(grad_sampler: Callable) -> Callable:
+    """Return a norm sampler that runs Opacus's ``grad_sampler`` on slices of the batch and keeps only the norms."""
+
+    def norm_sampler(layer: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+        batch_size = len(backprops)
+        unfolded = activations[0][:1].numel() * int(torch.tensor(getattr(layer, "kernel_size", (1,))).prod())
+        rows = max(1, _SLICE_ELEMENTS // (unfolded + backprops[:1].numel()))
+        norms: dict[nn.Parameter, list[torch.Tensor]] = {}
+        for start in range(0, batch_size, rows):
+            stop = start + rows
+            grad_samples = grad_sampler(layer, [a[start:stop] for a in activations], backprops[start:stop])
+            for param, grad_sample in grad_samples.items():
+                norms.setdefault(param, []).append(torch.linalg.vector_norm(grad_sample.flatten(1), dim=1))
+        return {param: torch.cat(parts) for param, parts in norms.items()}
+
+    return norm_sampler
+
+
+class GhostGradSampleModule(GradSampleModuleFastGradientClipping):
+    """Opacus's fast-gradient-clipping module, with the per-example gradients of convolutions and norms sliced.
+
+    For a layer in ``_SLICED_LAYER_TYPES``, Opacus's own per-example gradient
+    code runs on slices of the batch, so that for example the unfolded input of
+    a convolution never exists for the whole batch at once. The norms are the
+    same as Opacus's. A sliced layer that runs twice in one forward pass makes
+    Opacus raise ``NotImplementedError`` (parameter tying), as a linear layer
+    does; use hooks mode for such models.
+    """
+
+    def __init__(self, module: nn.Module, *, max_grad_norm: float):
+        super().__init__(
+            module,
+            batch_first=True,
+            loss_reduction="sum",
+            max_grad_norm=max_grad_norm,
+            use_ghost_clipping=True,
+        )
+        # An instance attribute, so Opacus's shared table is left unchanged.
+        self.NORM_SAMPLERS = {
+            **{
+                layer_type: _sliced_norm_sampler(self.GRAD_SAMPLERS[layer_type])
+                for layer_type in _SLICED_LAYER_TYPES
+                if layer_type in self.GRAD_SAMPLERS
+            },
+            **GradSampleHooksFastGradientClipping.NORM_SAMPLERS,
+        }
+
+
+def wrap_for_ghost_clipping(module: nn.Module, *, max_grad_norm: float) -> GhostGradSampleModule:
     """Wrap ``module`` so that each backward pass stores ``p._norm_sample`` for every trainable parameter.
 
     The per-example losses are always summed before the first pass, so the
     wrapper uses ``loss_reduction="sum"`` whatever the caller's reduction.
     """
-    return GradSampleModuleFastGradientClipping(
-        module,
-        batch_first=True,
-        loss_reduction="sum",
-        max_grad_norm=max_grad_norm,
-        use_ghost_clipping=True,
-    )
+    return GhostGradSampleModule(module, max_grad_norm=max_grad_norm)
 
 
 class GhostLMDPOptimizer(LMDPOptimizer):
