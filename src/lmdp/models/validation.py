@@ -15,7 +15,10 @@ def validate_model(model: nn.Module) -> None:
 
     BatchNorm mixes the examples of a batch, so one record's gradient depends
     on the others and the per-example clip no longer bounds its influence.
-    Other problems come from Opacus's ``ModuleValidator``.
+    An in-place activation such as ``ReLU(inplace=True)`` overwrites the
+    output of the module before it, which Opacus's backward hooks wrap, and
+    torch raises in the forward pass. Other problems come from Opacus's
+    ``ModuleValidator``.
     """
     problems = []
     for name, module in model.named_modules():
@@ -24,6 +27,11 @@ def validate_model(model: nn.Module) -> None:
                 f"module {name!r} is {type(module).__name__}, which mixes examples in a batch; "
                 f"replace it with nn.GroupNorm (for example nn.GroupNorm(min(32, C), C) with C={module.num_features}), "
                 "or call lmdp.models.fix_model(model), which does this with Opacus's ModuleValidator.fix"
+            )
+        if getattr(module, "inplace", False) is True:
+            problems.append(
+                f"module {name!r} is {type(module).__name__}(inplace=True), which overwrites an output that the "
+                "per-example gradient hooks keep; set inplace=False, or call lmdp.models.fix_model(model)"
             )
     if not problems:
         for error in ModuleValidator.validate(model, strict=False):
@@ -35,5 +43,9 @@ def validate_model(model: nn.Module) -> None:
 
 
 def fix_model(model: nn.Module) -> nn.Module:
-    """Return a copy of ``model`` with BatchNorm replaced by GroupNorm (Opacus's fix)."""
-    return ModuleValidator.fix(model)
+    """Return a copy of ``model`` with BatchNorm replaced by GroupNorm (Opacus's fix) and no in-place activations."""
+    fixed = ModuleValidator.fix(model)
+    for module in fixed.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    return fixed

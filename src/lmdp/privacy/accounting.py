@@ -24,6 +24,7 @@ import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
 from lmdp.errors import ConfigError
 
@@ -36,6 +37,15 @@ PRV_EPS_ERROR = 0.01
 
 _PRV_MIN_EPS_ERROR = 1e-3
 """Finest PRV error used by default; finer grids cost seconds per evaluation (4 s at 1e-4)."""
+
+PRV_MAX_GRID_POINTS = 5_000_000
+"""Largest grid on which the PRV accountant may discretise the privacy loss.
+
+Opacus 1.6.0 keeps several float64 arrays of the grid's length at once: on
+CPU it peaked at 0.9 GB for 1.4e7 points and at 10 GB for 6.4e7 points, so
+this bound keeps one evaluation near 1 GB and a few seconds. Small noise
+multipliers over many steps need far larger grids; ε then comes from RDP.
+"""
 
 CALIBRATION_TOLERANCE = 0.01
 """Calibration stops once ε at the returned σ lies in [target·(1 − tolerance), target]."""
@@ -82,6 +92,9 @@ def epsilon_from_history(
     ``eps_error`` is the PRV accountant's error bound; RDP ignores it. By
     default PRV first runs with an error of 0.01 and, when ε < 1, again with
     an error of ε/100 (at least 1e-3), so the bound stays within about 1% of ε.
+    When PRV's grid would exceed ``PRV_MAX_GRID_POINTS`` points, or PRV
+    fails or returns no finite ε, the result is RDP's ε, which is also an
+    upper bound. ε is never below 0.
     """
     history = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
     if not history:
@@ -95,18 +108,82 @@ def epsilon_from_history(
         if accountant == "rdp":
             epsilon = engine.get_epsilon(delta=delta, alphas=list(RDP_ORDERS))
         else:
-            epsilon = _prv_epsilon(engine, delta=delta, eps_error=eps_error or PRV_EPS_ERROR)
-            if eps_error is None and epsilon < 1:
-                finer = max(_PRV_MIN_EPS_ERROR, epsilon / 100)
-                epsilon = _prv_epsilon(engine, delta=delta, eps_error=finer)
+            epsilon = _prv_epsilon_within_grid_limit(engine, delta=delta, eps_error=eps_error)
     for warning in caught:
         logger.debug("accountant %s: %s", accountant, warning.message)
-    return float(epsilon)
+    # Both accountants of Opacus 1.6.0 return ε < 0 for a large δ (about -0.3 at
+    # δ = 0.3), but a mechanism that is (ε, δ)-DP for some ε < 0 is also (0, δ)-DP.
+    return max(0.0, float(epsilon))
 
 
 def _prv_epsilon(engine: IAccountant, *, delta: float, eps_error: float) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         return engine.get_epsilon(delta=delta, eps_error=eps_error)
+
+
+def _prv_epsilon_within_grid_limit(engine: IAccountant, *, delta: float, eps_error: float | None) -> float:
+    """Return PRV's ε, or RDP's ε when PRV's grid would exceed ``PRV_MAX_GRID_POINTS`` points.
+
+    Both accountants give upper bounds on ε, so the fallback never reports a
+    smaller ε than the truth, only a looser one.
+    """
+    coarse_error = eps_error or PRV_EPS_ERROR
+    points = prv_grid_points(engine.history, delta=delta, eps_error=coarse_error)
+    if points > PRV_MAX_GRID_POINTS:
+        logger.info(
+            "accountant prv would need a grid of %.3g points (limit %d) for history %s; reporting RDP's ε instead",
+            points,
+            PRV_MAX_GRID_POINTS,
+            engine.history,
+        )
+        return _rdp_epsilon(engine.history, delta=delta)
+
+    try:
+        epsilon = _prv_epsilon(engine, delta=delta, eps_error=coarse_error)
+        if eps_error is None and epsilon < 1:
+            finer = max(_PRV_MIN_EPS_ERROR, epsilon / 100)
+            # The mesh shrinks in proportion to eps_error and the span does not
+            # grow, so this bounds the finer grid without another RDP evaluation.
+            if points * coarse_error / finer <= PRV_MAX_GRID_POINTS:
+                epsilon = _prv_epsilon(engine, delta=delta, eps_error=finer)
+    except (ValueError, RuntimeError) as error:
+        # Opacus 1.6.0 raises ValueError when δ is so small that float rounding
+        # dominates (δ = 1e-15) and RuntimeError when δ is so close to 1 that
+        # its search for ε fails.
+        logger.info("accountant prv failed for history %s at delta=%g (%s); reporting RDP's ε instead", engine.history, delta, error)
+        return _rdp_epsilon(engine.history, delta=delta)
+    if not math.isfinite(epsilon):
+        logger.info("accountant prv returned ε=%s for history %s; reporting RDP's ε instead", epsilon, engine.history)
+        return _rdp_epsilon(engine.history, delta=delta)
+    return epsilon
+
+
+def _rdp_epsilon(history: list[tuple[float, float, int]], *, delta: float) -> float:
+    engine = create_accountant("rdp")
+    engine.history = list(history)
+    return engine.get_epsilon(delta=delta, alphas=list(RDP_ORDERS))
+
+
+def prv_grid_points(history: list[tuple[float, float, int]], *, delta: float, eps_error: float) -> float:
+    """Return the number of points of the grid on which Opacus's PRV accountant discretises ``history``.
+
+    The grid spans ±L, with L from Opacus's RDP-based ``compute_safe_domain_size``
+    (Gopi et al., arXiv:2106.02848, Remark 5.6), at a mesh of
+    eps_error / sqrt(steps · log(12/δ_err) / 2) with δ_err = δ/1000.
+    """
+    # NOTE: this mirrors PRVAccountant._get_domain and the default delta_error
+    # of PRVAccountant.get_epsilon in Opacus 1.6.0; recheck it when Opacus changes.
+    delta_error = delta / 1000
+    prvs = [PoissonSubsampledGaussianPRV(sample_rate, noise_multiplier) for noise_multiplier, sample_rate, _ in history]
+    steps = [int(n) for _, _, n in history]
+    with warnings.catch_warnings():
+        # Opacus's RDP warns when the best order is at either end of its range; that does not matter for a span.
+        warnings.simplefilter("ignore")
+        half_width = compute_safe_domain_size(
+            prvs=prvs, max_self_compositions=steps, eps_error=eps_error, delta_error=delta_error
+        )
+    mesh = eps_error / math.sqrt(sum(steps) * math.log(12 / delta_error) / 2)
+    return 2 * half_width / mesh
 
 
 def compute_epsilon(
@@ -132,7 +209,7 @@ def smallest_reachable_epsilon(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             epsilon, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=np.zeros(len(orders)), delta=delta)
-        return float(epsilon)
+        return max(0.0, float(epsilon))
     return epsilon_from_history(
         [(_MAX_NOISE_MULTIPLIER, sample_rate, steps)], delta=delta, accountant=accountant, eps_error=eps_error
     )

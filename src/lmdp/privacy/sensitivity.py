@@ -174,8 +174,9 @@ def _probe_contributions(optimizer: LMDPOptimizer) -> tuple[list[float], list[fl
 
     One record per group carries a gradient in that group alone, and a last
     record spreads its gradient evenly over all groups. Every per-group
-    gradient is large enough that its weighted norm is at least 10·C, so a
-    working clip is active on every probe.
+    gradient is large enough that its weighted norm is at least max(10·C, 1),
+    so a working clip is active on every probe, and the 1e-6 the optimizer
+    adds to norms changes no contribution by more than 1e-6 relative.
     """
     mechanism = optimizer.mechanism
     generator = torch.Generator().manual_seed(_PROBE_SEED)
@@ -186,7 +187,7 @@ def _probe_contributions(optimizer: LMDPOptimizer) -> tuple[list[float], list[fl
         if any(p in directions for p in optimizer.group_params[name])
     }
     group_weights = [mechanism.layer_weights[name] for name in groups]
-    magnitude = 10 * mechanism.max_grad_norm / min(group_weights)
+    magnitude = max(10 * mechanism.max_grad_norm, 1.0) / min(group_weights)
 
     def block(params: list, norm: float) -> dict:
         total = math.sqrt(sum(float(directions[p].pow(2).sum()) for p in params))
