@@ -27,3 +27,4 @@ def main(verbose: int) -> None:
 from lmdp.cli import privacy  # noqa: E402,F401
 from lmdp.cli import run  # noqa: E402,F401
 from lmdp.cli import risk  # noqa: E402,F401
+from lmdp.cli import privacy_audit  # noqa: E402,F401
