@@ -372,6 +372,7 @@ class Experiment:
             "peak_auc": held_out.peak_auc,
             "peak_layer": held_out.peak_layer,
             "peak_attack": held_out.peak_attack,
+            "output_auc": held_out.output.auc,
             "null_peak_auc": {"mean": held_out.null.mean, "quantiles": held_out.null.quantiles, "p_value": held_out.null.p_value,
                               "n_permutations": held_out.null.n_permutations},
             "transfer": None if audit.transfer is None else {
@@ -419,6 +420,7 @@ def _layer_entry(layer) -> dict:
         "layer_risk": layer.layer_risk,
         "p_value": layer.p_value,
         "ci": {name: list(interval) if isinstance(interval, (list, tuple)) else interval for name, interval in metrics.ci.items()},
+        "roc": layer.roc,
     }
 
 

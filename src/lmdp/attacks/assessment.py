@@ -33,7 +33,7 @@ import numpy as np
 from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
-from lmdp.attacks.metrics import AttackMetrics, compute_metrics
+from lmdp.attacks.metrics import AttackMetrics, compute_metrics, roc_curve_exact
 from lmdp.attacks.models import IR_ATTACKS, OUTPUT_ATTACKS, LayerAttacks
 from lmdp.errors import ConfigError
 from lmdp.representations import Representations
@@ -237,6 +237,7 @@ class LayerResult:
     layer_risk_ci: tuple[float, float] | None
     p_value: float | None
     attacks: tuple[AttackOutcome, ...]
+    roc: dict[str, list[float]] | None = None
 
     @property
     def attack_error(self) -> float:
@@ -255,6 +256,7 @@ class LayerResult:
             "p_value": self.p_value,
             **self.metrics.to_dict(),
             "attacks": [outcome.to_dict() for outcome in self.attacks],
+            "roc": self.roc,
         }
 
     @classmethod
@@ -268,6 +270,7 @@ class LayerResult:
             layer_risk_ci=None if risk_ci is None else (float(risk_ci[0]), float(risk_ci[1])),
             p_value=None if data["p_value"] is None else float(data["p_value"]),
             attacks=tuple(AttackOutcome.from_dict(item) for item in data["attacks"]),
+            roc=data.get("roc"),
         )
 
 
@@ -504,6 +507,8 @@ def _level_result(
     p_value = None
     if config.n_permutations:
         p_value = _p_value(chosen.metrics.auc, permuted_aucs[(level, chosen.name)])
+    chosen_scores = scores[(level, chosen.name)]
+    fpr, tpr, _ = roc_curve_exact(chosen_scores[is_member], chosen_scores[~is_member])
     return LayerResult(
         name=level,
         attack=chosen.name,
@@ -512,7 +517,24 @@ def _level_result(
         layer_risk_ci=risk_ci,
         p_value=p_value,
         attacks=tuple(outcomes),
+        roc=compact_roc(fpr, tpr),
     )
+
+
+def compact_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 300) -> dict[str, list[float]]:
+    """Thin an exact ROC to about ``max_points`` points for storage, keeping every point at FPR ≤ 5%.
+
+    The low-FPR region is what log-scale ROC plots and TPR at low FPR read,
+    so it is kept exactly; above it, points are taken at regular intervals.
+    The first and last points are always kept.
+    """
+    low = np.flatnonzero(fpr <= 0.05)
+    high = np.flatnonzero(fpr > 0.05)
+    budget = max(2, max_points - len(low))
+    if len(high) > budget:
+        high = high[np.linspace(0, len(high) - 1, budget).round().astype(int)]
+    keep = np.unique(np.r_[low, high, 0, len(fpr) - 1])
+    return {"fpr": [float(v) for v in fpr[keep]], "tpr": [float(v) for v in tpr[keep]]}
 
 
 def _permuted_aucs(

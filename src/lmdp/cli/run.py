@@ -19,12 +19,17 @@ from lmdp.errors import ArtifactError, ConfigError, LayerMapError, UnsupportedMo
 @click.option("--quick", is_flag=True, help="Run a reduced version of the experiment (under a minute) as a smoke test.")
 @click.option("--overwrite", is_flag=True, help="Replace results of a different experiment already in --out.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(config_path: str | None, out_dir: str, quick: bool, overwrite: bool, no_progress: bool) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads for torch. The zoo's small models run fastest on one thread; raise it for large models.")
+def run(config_path: str | None, out_dir: str, quick: bool, overwrite: bool, no_progress: bool, threads: int) -> None:
     """Compare nonprivate, dpsgd and lmdpsgd at equal ε, auditing every layer."""
+    import torch
+
     from lmdp.config import load_config
     from lmdp.data import DatasetError
     from lmdp.experiment import run_experiment
 
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
         config = load_config(config_path, quick=quick)

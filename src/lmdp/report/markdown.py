@@ -38,20 +38,22 @@ def render_markdown(report: dict[str, Any], *, plots: dict[str, str]) -> str:
         f"{training['steps']} steps at sample_rate {training['sample_rate']}, max_grad_norm {training['max_grad_norm']}, "
         f"delta {config['delta']:g}, accountant `{training['accountant']}`, seeds {report['seeds']}.",
         "",
-        "Intervals are 95% Student-t intervals over seeds; `null q95` is the 95th percentile of the peak AUC "
-        "when membership labels are permuted (the peak expected from selection noise alone).",
+        "Intervals are 95% Student-t intervals over seeds. The peak per-layer AUC is the largest held-out attack "
+        "AUC over every tap and attack; `null q95` is the 95th percentile of that peak when membership labels are "
+        "permuted (the peak expected from selection noise alone). The output AUC is the model-output attack "
+        "(loss, confidence), for comparison with the IR risk.",
         "",
         "## Results at equal ε",
         "",
-        "| method | target ε | ε | noise_multiplier | test accuracy | peak AUC | null q95 | privacy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | target ε | ε | noise_multiplier | test accuracy | peak per-layer AUC | null q95 | output AUC | privacy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     if report.get("nonprivate"):
         runs = [r for r in report["runs"] if r["method"] == "nonprivate"]
         null = sum(r["null_peak_auc"]["quantiles"].get("0.95", 0) for r in runs) / len(runs)
         lines.append(
             f"| nonprivate | – | ∞ | 0 | {_mean_ci(report['nonprivate']['test_accuracy'])} | "
-            f"{_mean_ci(report['nonprivate']['peak_auc'])} | {null:.3f} | none |"
+            f"{_mean_ci(report['nonprivate']['peak_auc'])} | {null:.3f} | {_mean_ci(report['nonprivate']['output_auc'])} | none |"
         )
     for entry in report["comparison"]:
         note = "formal" if entry["meaningful_privacy"] else "no meaningful formal privacy"
@@ -60,7 +62,7 @@ def render_markdown(report: dict[str, Any], *, plots: dict[str, str]) -> str:
                 lines.append(
                     f"| {method} | {entry['target_epsilon']:g} | {_epsilon(entry['epsilon'])} | {entry['noise_multiplier']:.4g} | "
                     f"{_mean_ci(entry[method]['test_accuracy'])} | {_mean_ci(entry[method]['peak_auc'])} | "
-                    f"{_mean_ci(entry[method]['null_peak_auc_q95'])} | {note} |"
+                    f"{_mean_ci(entry[method]['null_peak_auc_q95'])} | {_mean_ci(entry[method]['output_auc'])} | {note} |"
                 )
     lines += ["", "dpsgd and lmdpsgd at one target ε share σ, sample rate and steps, so the same ε by construction; "
               f"within a seed they also share initialisation, batches and noise draws "

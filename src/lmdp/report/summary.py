@@ -53,6 +53,7 @@ def build_report(
         "comparison": comparison,
         "nonprivate": None if not nonprivate else {
             "peak_auc": summarise([r["peak_auc"] for r in nonprivate]),
+            "output_auc": summarise([r["output_auc"] for r in nonprivate]),
             "test_accuracy": summarise([r["test_accuracy"] for r in nonprivate]),
         },
         "checks": _checks(runs, comparison),
@@ -101,6 +102,7 @@ def _compare_at_epsilon(runs: list[dict], target: float, calibration: dict) -> d
     for method, seeds in by_method.items():
         entry[method] = {
             "peak_auc": summarise([r["peak_auc"] for r in seeds.values()]),
+            "output_auc": summarise([r["output_auc"] for r in seeds.values()]),
             "test_accuracy": summarise([r["test_accuracy"] for r in seeds.values()]),
             "null_peak_auc_q95": summarise([r["null_peak_auc"]["quantiles"].get("0.95") for r in seeds.values()]),
             "epsilon": sorted({r["epsilon"] for r in seeds.values()}),
