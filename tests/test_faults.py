@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,14 @@ from scipy.stats import norm
 from torch import nn
 
 import lmdp.privacy.engine
+from lmdp.attacks import OUTPUT, AttackConfig, assess_held_out, split_records
+from lmdp.attacks.assessment import evaluate_level_attacks, fit_level_attacks
 from lmdp.errors import ConfigError, NonFiniteLossError, UnsupportedModuleError
 from lmdp.models import build_layer_map, fix_model, validate_model
 from lmdp.privacy import LMDPEngine, LMDPOptimizer, PrivacyMechanism, compute_epsilon, resolve_layer_weights
 from lmdp.privacy.accounting import PRV_MAX_GRID_POINTS, prv_grid_points
 from lmdp.privacy.sensitivity import SensitivityError, check_sensitivity
+from lmdp.representations import Representations
 from lmdp.training import TrainingConfig, train
 
 
@@ -400,3 +404,89 @@ def test_fixed_batchnorm_model_trains():
     assert all(math.isfinite(loss) for loss in result.loss_history)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
+
+
+# -- metric orientation and class balance at every layer -------------------------
+
+
+def three_layer_representations(n_records=800, seed=0):
+    """Members sit closer to their class centre than non-members at "strong" and, less so, at "weak". "noise" has no signal."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n_records)
+    is_member = rng.permutation(np.arange(n_records) < n_records // 2)
+    centres = rng.normal(scale=3.0, size=(4, 12))
+    features = {}
+    for tap, member_spread in (("strong", 0.5), ("weak", 0.8)):
+        spread = np.where(is_member, member_spread, 1.0)[:, None]
+        features[tap] = (centres[labels] + rng.normal(size=(n_records, 12)) * spread).astype(np.float32)
+    features["noise"] = rng.normal(size=(n_records, 12)).astype(np.float32)
+    logits = rng.normal(size=(n_records, 4))
+    logits[np.arange(n_records), labels] += np.where(is_member, 3.0, 1.5)
+    representations = Representations(features=features, outputs=logits.astype(np.float32), taps=("strong", "weak", "noise"))
+    return representations, labels, is_member
+
+
+@pytest.fixture(scope="module")
+def fitted_levels():
+    representations, labels, is_member = three_layer_representations()
+    config = AttackConfig(n_bootstrap=0, n_permutations=0)
+    split = split_records(labels, is_member, reference_fraction=config.reference_fraction,
+                          fit_fraction=config.fit_fraction, seed=config.seed)
+    fitted = fit_level_attacks(representations, labels, is_member, split, num_classes=4, config=config)
+    evaluation = (representations.subset(split.evaluate), labels[split.evaluate], is_member[split.evaluate])
+    return fitted, evaluation, config, split
+
+
+def evaluate(fitted_levels, representations, labels, is_member):
+    fitted, _, config, split = fitted_levels
+    return evaluate_level_attacks(fitted, representations, labels, is_member, setting="held_out", config=config,
+                                  split_sizes=split.sizes())
+
+
+def outcomes_by_level(assessment):
+    return {level.name: {o.name: o for o in level.attacks} for level in (*assessment.layers, assessment.output)}
+
+
+def test_flipped_membership_is_never_flipped_back(fitted_levels):
+    representations, labels, is_member = fitted_levels[1]
+    true = evaluate(fitted_levels, representations, labels, is_member)
+    flipped = evaluate(fitted_levels, representations, labels, ~is_member)
+    true_outcomes, flipped_outcomes = outcomes_by_level(true), outcomes_by_level(flipped)
+    for level in ("strong", "weak", "noise", OUTPUT):
+        for name, outcome in true_outcomes[level].items():
+            flipped_outcome = flipped_outcomes[level][name]
+            assert flipped_outcome.direction == outcome.direction, (level, name)
+            assert flipped_outcome.metrics.auc == pytest.approx(1 - outcome.metrics.auc, abs=1e-12), (level, name)
+            assert flipped_outcome.metrics.balanced_accuracy == pytest.approx(1 - outcome.metrics.balanced_accuracy, abs=1e-12)
+    for level in ("strong", "weak", OUTPUT):
+        assert true.layer(level).auc > 0.6, level
+        assert flipped.layer(level).auc < 0.4, level
+        assert flipped.layer(level).layer_risk == 0.0, level
+
+
+def test_class_ratio_leaves_metrics_unchanged(fitted_levels):
+    # Repeating every non-member three times changes the class ratio but no class-conditional rate.
+    representations, labels, is_member = fitted_levels[1]
+    repeated = np.concatenate([np.flatnonzero(is_member), np.repeat(np.flatnonzero(~is_member), 3)])
+    balanced = outcomes_by_level(evaluate(fitted_levels, representations, labels, is_member))
+    imbalanced = outcomes_by_level(
+        evaluate(fitted_levels, representations.subset(repeated), labels[repeated], is_member[repeated])
+    )
+    for level in ("strong", "weak", "noise", OUTPUT):
+        for name, outcome in balanced[level].items():
+            metrics, other = outcome.metrics, imbalanced[level][name].metrics
+            assert other.auc == pytest.approx(metrics.auc, abs=1e-12), (level, name)
+            assert other.balanced_accuracy == pytest.approx(metrics.balanced_accuracy, abs=1e-12), (level, name)
+            assert other.advantage == pytest.approx(metrics.advantage, abs=1e-12), (level, name)
+            assert other.tpr_at_fpr == pytest.approx(metrics.tpr_at_fpr, abs=1e-12), (level, name)
+
+
+def test_imbalanced_records_are_balanced_before_evaluation():
+    representations, labels, is_member = three_layer_representations(n_records=1000)
+    # Keep one non-member in three: 500 members, about 167 non-members.
+    keep = np.flatnonzero(is_member | (np.arange(len(is_member)) % 3 == 0))
+    assessment = assess_held_out(representations.subset(keep), labels[keep], is_member[keep], num_classes=4,
+                                 config=AttackConfig(n_bootstrap=0, n_permutations=0))
+    assert assessment.split["members"] == assessment.split["non_members"]
+    # Without a signal, the balanced accuracy of a threshold fixed on fitting data stays near 1/2.
+    assert abs(assessment.layer("noise").metrics.balanced_accuracy - 0.5) < 0.15
