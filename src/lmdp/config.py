@@ -25,7 +25,7 @@ MAX_STEPS = 10_000_000
 
 @dataclass(frozen=True)
 class DatasetSection:
-    """Which dataset to read: a built-in name, or a format plus ``path``."""
+    """Dataset choice: a built-in name, or a file format plus ``path``."""
 
     name: str = "fashion-mnist-builtin"
     path: str | None = None
@@ -73,7 +73,7 @@ class TrainingSection:
 
 @dataclass(frozen=True)
 class ShadowSection:
-    """How the shadow model is trained: ``nonprivate``, or the ``target`` DP recipe at the largest ε."""
+    """Shadow training recipe: ``nonprivate``, or the ``target`` DP recipe at the largest ε."""
 
     recipe: str = "nonprivate"
 

@@ -108,7 +108,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """What a training run did: steps, the mechanism, ε, losses and time."""
+    """Record of one training run: steps, the mechanism, ε, losses and wall time."""
 
     method: str
     steps: int
