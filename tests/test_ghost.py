@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
+from opacus.grad_sample.conv import compute_conv_grad_sample
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -105,6 +106,30 @@ def test_sliced_norms_match_hooks(monkeypatch):
     torch.testing.assert_close(
         ghost_optimizer.per_example_group_norms(), hooks_optimizer.per_example_group_norms(), atol=1e-8, rtol=1e-8
     )
+
+
+CONV_LAYERS = {
+    "conv1d_stride2": (lambda: nn.Conv1d(3, 4, 3, stride=2, padding=1), (5, 3, 11)),
+    "conv2d_groups_dilation": (lambda: nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), (5, 4, 7, 7)),
+    "conv2d_no_bias": (lambda: nn.Conv2d(2, 3, (3, 2), stride=(2, 1), bias=False), (5, 2, 8, 6)),
+    "conv3d": (lambda: nn.Conv3d(2, 3, 2), (5, 2, 4, 4, 4)),
+    "conv2d_same_padding": (lambda: nn.Conv2d(2, 3, 3, padding="same"), (5, 2, 6, 6)),
+    "conv2d_circular": (lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), (5, 2, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_LAYERS))
+def test_grouped_conv_grad_sample_equals_opacus(case):
+    make_layer, input_shape = CONV_LAYERS[case]
+    torch.manual_seed(2)
+    layer = make_layer()
+    inputs = torch.randn(input_shape)
+    backprops = torch.randn(layer(inputs).shape)
+    expected = compute_conv_grad_sample(layer, [inputs], backprops)
+    grouped = ghost.compute_conv_grad_sample_grouped(layer, [inputs], backprops)
+    assert set(grouped) == set(expected)
+    for param, grad_sample in expected.items():
+        torch.testing.assert_close(grouped[param], grad_sample, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("name", sorted(INPUT_SHAPES))
@@ -238,12 +263,29 @@ def test_ghost_non_finite_gradient_raises():
         assert torch.equal(b, p.detach())
 
 
-@pytest.mark.parametrize(("name", "expected"), [("mlp", "ghost"), ("cnn", "ghost"), ("resnet", "hooks")])
-def test_auto_mode_choice(name, expected):
+@pytest.mark.parametrize("name", sorted(INPUT_SHAPES))
+def test_auto_mode_choice(name):
     model, _, _, _ = make_case(name)
-    assert resolve_grad_sample_mode("auto", model) == expected
+    assert resolve_grad_sample_mode("auto", model) == "ghost"
     assert resolve_grad_sample_mode("hooks", model) == "hooks"
     assert resolve_grad_sample_mode("ghost", model) == "ghost"
+
+
+class Bilinear(nn.Module):
+    """A layer type that neither ghost norms nor the sliced fallback cover."""
+
+    taps = ("layer",)
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Bilinear(4, 4, 3)
+
+    def forward(self, x):
+        return self.layer(x, x)
+
+
+def test_auto_mode_hooks_for_other_layers():
+    assert resolve_grad_sample_mode("auto", Bilinear()) == "hooks"
 
 
 def test_unknown_mode_names_choices():
