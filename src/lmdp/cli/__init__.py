@@ -27,4 +27,5 @@ def main(verbose: int) -> None:
 from lmdp.cli import privacy  # noqa: E402,F401
 from lmdp.cli import run  # noqa: E402,F401
 from lmdp.cli import risk  # noqa: E402,F401
+from lmdp.cli import bench  # noqa: E402,F401
 from lmdp.cli import privacy_audit  # noqa: E402,F401
