@@ -165,3 +165,36 @@ def test_quick_config_is_reduced():
     assert quick.training.steps < default.training.steps
     assert quick.splits.n_members < default.splits.n_members
     assert quick.methods == default.methods
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_from_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = {**TINY, "seeds": [0], "target_epsilons": [1000], "training": {"steps": 400, "sample_rate": 0.1},
+            "audit": {"n_bootstrap": 10, "n_permutations": 10, "checkpoints": [0.5], "transfer": False}}
+    config, out = write_config(tmp_path, data), tmp_path / "out"
+    command = [sys.executable, "-m", "lmdp.cli", "run", "--config", str(config), "--out", str(out), "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((out / "runs").glob("*.checkpoint.pt")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    checkpoints = list((out / "runs").glob("*.checkpoint.pt"))
+    assert checkpoints, "the interrupted run left no checkpoint"
+    for finished in (out / "runs").glob("*.json"):
+        json.loads(finished.read_text())  # every file left behind is complete
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["runs"]) == 3
+    assert not list((out / "runs").glob("*.checkpoint.pt"))
+    for run in report["runs"]:
+        assert [point["step"] for point in run["trajectory"]] == [200, 400]

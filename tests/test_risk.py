@@ -294,3 +294,25 @@ def test_check_layer_weights():
         check_layer_weights({"a": 1.0}, ("a", "b"))
     with pytest.raises(ConfigError, match="unknown layers \\['c'\\]"):
         check_layer_weights({"a": 1.0, "b": 1.0, "c": 0.5}, ("a", "b"))
+
+
+def test_profile_overlapping_private_members_is_rejected():
+    """A risk profile whose shadow data holds private members must not set the weights."""
+    from lmdp.data import load_dataset, split_shadow
+    from lmdp.errors import ConfigError
+    from lmdp.risk import check_public_only, measure_risk
+
+    digits = load_dataset("digits")
+    public = digits.subset(range(0, 200))
+    private = digits.subset(range(600, 800))
+    shadow_members, shadow_non_members = split_shadow(public, seed=0)
+    torch.manual_seed(0)
+    model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden_sizes=(16,))
+    config = RiskConfig(attack=AttackConfig(n_bootstrap=0, n_permutations=0))
+    profile = measure_risk(model, shadow_members, shadow_non_members, taps=model.taps, config=config)
+
+    check_public_only(profile, private)  # disjoint: accepted
+    leaky_members = digits.subset(list(range(190, 200)) + list(range(600, 690)))
+    overlap = len(set(public.record_fingerprints()) & set(leaky_members.record_fingerprints()))
+    with pytest.raises(ConfigError, match=f"{overlap} of the 100 private member records were also shadow data"):
+        check_public_only(profile, leaky_members)

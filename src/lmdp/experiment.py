@@ -8,7 +8,8 @@ target ε, auditing it at checkpoints during training and at the end
 initialisation, σ, the batches and the noise draws, so their paired
 difference isolates the effect of the layer weights.
 
-Every finished run is written to ``runs/`` in the output folder at once, so an
+Every finished run is written to ``runs/`` in the output folder at once, and a
+run in progress writes a training checkpoint every tenth of its steps, so an
 interrupted experiment resumes where it stopped.
 """
 
@@ -37,7 +38,7 @@ from lmdp.io import atomic_write_json
 from lmdp.models import build_layer_map, build_model, model_taps, validate_model
 from lmdp.models.zoo import ZOO
 from lmdp.privacy.accounting import calibrate_noise_multiplier, compute_epsilon
-from lmdp.risk import RiskConfig, RiskProfile, build_risk_profile, library_versions, save_risk_profile, shadow_trainer
+from lmdp.risk import RiskConfig, RiskProfile, build_risk_profile, check_public_only, library_versions, save_risk_profile, shadow_trainer
 from lmdp.training import TrainingConfig, evaluate_accuracy, train
 from lmdp.weighting import WeightingPolicy, assign_layer_weights
 
@@ -200,6 +201,7 @@ class Experiment:
                 if record is None:
                     record = self._train_and_audit(spec, splits, profile, shadow, calibrations)
                     atomic_write_json(self._run_path(spec), record)
+                    self._discard_checkpoints(spec)
                 records[spec.key] = record
                 if on_run_done is not None:
                     on_run_done(spec, record)
@@ -261,6 +263,7 @@ class Experiment:
         weighting = self.config.weighting
         policy = WeightingPolicy(name=weighting.policy, gamma=weighting.gamma, min_weight=weighting.min_weight, beta=weighting.beta)
         profile = assign_layer_weights(profile, policy)
+        check_public_only(profile, splits.members)
         save_risk_profile(profile, self._profile_path(seed))
         self.timings[f"risk_seed{seed}"] = time.perf_counter() - started
         logger.info("seed %d: layer_weights %s", seed, profile.layer_weights)
@@ -282,16 +285,27 @@ class Experiment:
         evaluation = (x, y, _tensor(splits.test.x), _tensor(splits.test.y))
         layer_map = build_layer_map(model, taps, x[:2])
 
-        checkpoint_steps = sorted({max(1, round(f * config.steps)) for f in self.config.audit.checkpoints} - {config.steps})
-        trajectory = []
+        audit_steps = sorted({max(1, round(f * config.steps)) for f in self.config.audit.checkpoints} - {config.steps})
+        checkpoint, partial = self._checkpoint_paths(spec)
+        resume_from, trajectory = self._resume_state(spec)
 
         def on_step(step: int, trained: nn.Module) -> None:
-            if step in checkpoint_steps:
+            if step in audit_steps:
                 audit = self._audit(trained, taps, splits, None, spec.seed)
                 trajectory.append(self._trajectory_point(step, trained, audit, config, evaluation))
+                atomic_write_json(partial, {"trajectory": trajectory})
 
-        result = train(model, x, y, config=config, layer_map=layer_map, delta=self.config.delta if config.is_private else None,
-                       on_step=on_step, progress=self.progress)
+        result = train(
+            model, x, y,
+            config=config,
+            layer_map=layer_map,
+            delta=self.config.delta if config.is_private else None,
+            on_step=on_step,
+            checkpoint_path=checkpoint,
+            checkpoint_every=max(1, config.steps // 10),
+            resume_from=resume_from,
+            progress=self.progress,
+        )
         audit = self._audit(model, taps, splits, shadow, spec.seed)
         final = self._trajectory_point(config.steps, model, audit, config, evaluation)
         trajectory.append(final)
@@ -385,6 +399,31 @@ class Experiment:
             "risk_profile_shadow": profile.shadow,
         }
         return record
+
+    def _checkpoint_paths(self, spec: RunSpec) -> tuple[Path, Path]:
+        """Return the training checkpoint and the file of audits during training of an unfinished run."""
+        runs = self.out_dir / "runs"
+        return runs / f"{spec.key}.checkpoint.pt", runs / f"{spec.key}.trajectory.json"
+
+    def _resume_state(self, spec: RunSpec) -> tuple[Path | None, list[dict]]:
+        """Return the checkpoint to resume from (None for a fresh start) and the audits made before it."""
+        checkpoint, partial = self._checkpoint_paths(spec)
+        if not checkpoint.exists():
+            return None, []
+        try:
+            saved_step = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"])
+            trajectory = json.loads(partial.read_text(encoding="utf-8"))["trajectory"] if partial.exists() else []
+        except Exception as error:  # a damaged file of an interrupted run: start that run again
+            logger.warning("cannot resume %s from %s (%s); training it from the start", spec.key, checkpoint, error)
+            checkpoint.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
+            return None, []
+        logger.info("resuming %s from step %d", spec.key, saved_step)
+        return checkpoint, [point for point in trajectory if point["step"] <= saved_step]
+
+    def _discard_checkpoints(self, spec: RunSpec) -> None:
+        for path in self._checkpoint_paths(spec):
+            path.unlink(missing_ok=True)
 
     def _run_path(self, spec: RunSpec) -> Path:
         return self.out_dir / "runs" / f"{spec.key}.json"

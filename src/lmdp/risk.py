@@ -249,6 +249,8 @@ def measure_risk(
             **(shadow or {}),
             "members": dataset_provenance(members),
             "non_members": dataset_provenance(non_members),
+            # Per-record hashes let a later run check that no private member was shadow data.
+            "record_fingerprints": sorted(set(members.record_fingerprints()) | set(non_members.record_fingerprints())),
         },
         config=config.to_dict(),
         versions=library_versions(),
@@ -309,6 +311,28 @@ def build_risk_profile(
         shadow={"public": dataset_provenance(public), "split_seed": split_seed, "recipe": recipe},
         progress=progress,
     )
+
+
+def check_public_only(profile: RiskProfile, members: ArrayDataset) -> None:
+    """Raise ConfigError when records of the private ``members`` were shadow data of ``profile``.
+
+    LM-DP-SGD's guarantee assumes the layer weights depend on public data
+    only; weights measured on a shadow set that holds private members would
+    themselves depend on those members.
+    """
+    shadow_records = profile.shadow.get("record_fingerprints")
+    if shadow_records is None:
+        raise ConfigError(
+            "the risk profile has no record fingerprints of its shadow data, so it cannot be checked against the "
+            "private members; rebuild it with this version of lmdp (lmdp risk)"
+        )
+    overlap = set(shadow_records) & set(members.record_fingerprints())
+    if overlap:
+        raise ConfigError(
+            f"{len(overlap)} of the {len(members)} private member records were also shadow data of this risk "
+            "profile; the layer weights must come from public data only. Build the profile from a public pool "
+            "disjoint from the members"
+        )
 
 
 def save_risk_profile(profile: RiskProfile, path: str | Path) -> Path:

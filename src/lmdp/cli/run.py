@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -31,16 +33,31 @@ def run(config_path: str | None, out_dir: str, quick: bool, overwrite: bool, no_
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         config = load_config(config_path, quick=quick)
         report, paths = run_experiment(config, out_dir, overwrite=overwrite, progress=not no_progress)
     except (ConfigError, ArtifactError, LayerMapError, UnsupportedModuleError, DatasetError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nInterrupted. Finished runs and the checkpoint of the current run are kept in {out_dir}; "
+            "run the same command again to resume.",
+            err=True,
+        )
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
     click.echo(_summary_table(report))
     click.echo(f"\nReport: {Path(paths['markdown']).resolve()}")
     click.echo(f"Data:   {Path(paths['json']).resolve()}")
     click.echo(f"Finished in {time.perf_counter() - started:.0f} s.")
+
+
+def _raise_interrupt(signum, frame) -> None:
+    """Turn SIGTERM into KeyboardInterrupt so both stop the run the same way."""
+    raise KeyboardInterrupt
 
 
 def _summary_table(report: dict) -> str:
