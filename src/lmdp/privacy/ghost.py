@@ -24,7 +24,8 @@ convolution per slice instead of Opacus's unfolded input.
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
@@ -108,19 +109,34 @@ def compute_conv_grad_sample_grouped(layer: nn.Module, activations: list[torch.T
     batch_size = len(inputs)
     grad_samples = {}
     if layer.weight.requires_grad:
-        folded = _CONV_WEIGHT_GRADIENTS[type(layer)](
-            inputs.reshape(1, -1, *inputs.shape[2:]),
-            (batch_size * layer.out_channels, *layer.weight.shape[1:]),
-            backprops.reshape(1, -1, *backprops.shape[2:]),
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=batch_size * layer.groups,
-        )
+        # NOTE: with two torch threads and other processes on the 2 cores, this
+        # grouped kernel took up to 2 s for 256 examples where one thread took
+        # 5 ms (torch 2.13). One thread avoids that, but forgoes parallelism for
+        # this kernel on larger machines.
+        with _single_thread():
+            folded = _CONV_WEIGHT_GRADIENTS[type(layer)](
+                inputs.reshape(1, -1, *inputs.shape[2:]),
+                (batch_size * layer.out_channels, *layer.weight.shape[1:]),
+                backprops.reshape(1, -1, *backprops.shape[2:]),
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=batch_size * layer.groups,
+            )
         grad_samples[layer.weight] = folded.view(batch_size, *layer.weight.shape)
     if layer.bias is not None and layer.bias.requires_grad:
         grad_samples[layer.bias] = backprops.flatten(2).sum(dim=2)
     return grad_samples
+
+
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _sliced_norm_sampler(grad_sampler: Callable) -> Callable:
