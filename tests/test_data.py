@@ -516,8 +516,8 @@ def test_unknown_name_lists_accepted_values():
 @pytest.mark.parametrize(
     ("name", "arguments", "expected"),
     [
-        ("npz", {}, "needs path"),
-        ("cifar10", {}, "needs path"),
+        ("npz", {}, "needs a path"),
+        ("cifar10", {}, "needs a path"),
         ("csv", {"path": "data.csv"}, "needs label_column"),
         ("digits", {"path": "somewhere"}, "takes no path"),
         ("npz", {"path": "data.npz", "label_column": "y"}, "label_column is only used by the csv dataset"),

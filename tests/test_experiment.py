@@ -130,7 +130,7 @@ def test_several_config_errors_are_reported_together():
     [
         ({"dataset": {"name": "imagenet"}}, "imagenet"),
         ({"model": {"name": "cnn", "taps": ["block1", "nonexistent"]}}, "unknown taps \\['nonexistent'\\]"),
-        ({"model": {"name": "transformer"}}, "neither a zoo model"),
+        ({"model": {"name": "transformer"}}, "unknown model 'transformer'"),
         ({"splits": {"n_public": 1500, "n_members": 150, "n_non_members": 150, "n_test": 200}}, "has 1,797"),
     ],
 )
@@ -198,3 +198,36 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path):
     assert not list((out / "runs").glob("*.checkpoint.pt"))
     for run in report["runs"]:
         assert [point["step"] for point in run["trajectory"]] == [200, 400]
+
+
+def test_quick_keeps_fields_the_config_sets(tmp_path):
+    path = write_config(tmp_path, {"dataset": {"name": "digits"}, "seeds": [3], "splits": {"n_public": 100}})
+    config = load_config(path, quick=True)
+    assert config.seeds == (3,)
+    assert config.splits.n_public == 100
+    assert config.splits.n_members == 200  # from the quick settings
+    assert config.training.steps == 150
+
+
+def test_user_model_module_in_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "folder_models.py").write_text(
+        "from torch import nn\n\ndef make(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    from lmdp.models import build_model
+
+    model = build_model("folder_models:make", input_shape=(1, 8, 8), num_classes=10)
+    assert model[1].in_features == 64
+
+
+def test_user_model_with_wrong_shape_fails_clearly(tmp_path, monkeypatch):
+    (tmp_path / "bad_models.py").write_text(
+        "from torch import nn\n\ndef make(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    data = {**TINY, "model": {"name": "bad_models:make", "taps": ["1"]}}
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(tmp_path, data)), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert "failed on inputs of shape (1, 8, 8)" in result.output

@@ -159,23 +159,40 @@ def config_from_dict(data: Mapping[str, Any] | None, *, source: str = "config") 
 
 
 def load_config(path: str | Path | None = None, *, quick: bool = False) -> ExperimentConfig:
-    """Read a YAML config (or the defaults when ``path`` is None); ``quick`` applies ``QUICK_OVERRIDES``."""
+    """Read a YAML config (or the defaults when ``path`` is None).
+
+    ``quick`` starts from ``QUICK_OVERRIDES`` instead of the defaults, so
+    fields the file sets still take the file's values.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            with path.open(encoding="utf-8") as stream:
+                loaded = yaml.safe_load(stream)
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of fields; got {type(loaded).__name__}")
         data = loaded or {}
-    config = config_from_dict(data, source=str(path) if path else "config")
+    source = str(path) if path else "config"
+    config_from_dict(data, source=source)  # report the file's own errors against the file
     if quick:
-        config = apply_overrides(config, QUICK_OVERRIDES)
-    return config
+        data = _merge(apply_overrides(ExperimentConfig(), QUICK_OVERRIDES).to_dict(), data)
+    return config_from_dict(data, source=source)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with the fields of ``override`` replacing its own, one section level deep."""
+    merged = dict(base)
+    for name, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(name), dict):
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return merged
 
 
 def apply_overrides(config: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:

@@ -16,11 +16,10 @@ interrupted experiment resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,7 +35,6 @@ from lmdp.data import ArrayDataset, ExperimentSplits, count_shared_records, load
 from lmdp.errors import ArtifactError, ConfigError
 from lmdp.io import atomic_write_json
 from lmdp.models import build_layer_map, build_model, model_taps, validate_model
-from lmdp.models.zoo import ZOO
 from lmdp.privacy.accounting import calibrate_noise_multiplier, compute_epsilon
 from lmdp.risk import RiskConfig, RiskProfile, build_risk_profile, check_public_only, library_versions, save_risk_profile, shadow_trainer
 from lmdp.training import TrainingConfig, evaluate_accuracy, train
@@ -74,35 +72,9 @@ def config_fingerprint(config: ExperimentConfig) -> str:
 def build_experiment_model(config: ExperimentConfig, *, input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, tuple[str, ...]]:
     """Build the configured model and return it with its taps (zoo name or ``module:factory``)."""
     section = config.model
-    options = dict(section.options)
-    if ":" in section.name:
-        model = _build_user_model(section.name, input_shape=input_shape, num_classes=num_classes, options=options)
-    elif section.name in ZOO:
-        model = build_model(section.name, input_shape=input_shape, num_classes=num_classes, **options)
-    else:
-        raise ConfigError(f"model.name {section.name!r} is neither a zoo model {sorted(ZOO)} nor 'module:factory'")
+    model = build_model(section.name, input_shape=input_shape, num_classes=num_classes, **dict(section.options))
     taps = tuple(section.taps) if section.taps else model_taps(model)
     return model, taps
-
-
-def _build_user_model(spec: str, *, input_shape, num_classes: int, options: dict) -> nn.Module:
-    module_name, _, factory_name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(f"model.name {spec!r}: cannot import module {module_name!r} ({error}); make it importable (PYTHONPATH)") from error
-    factory = getattr(module, factory_name, None)
-    if not callable(factory):
-        raise ConfigError(f"model.name {spec!r}: module {module_name!r} has no callable {factory_name!r}")
-    try:
-        model = factory(input_shape=tuple(input_shape), num_classes=num_classes, **options)
-    except TypeError as error:
-        raise ConfigError(
-            f"model.name {spec!r}: the factory must accept input_shape=, num_classes= and model.options; {error}"
-        ) from error
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model.name {spec!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
-    return model
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -143,7 +115,14 @@ class Experiment:
             )
         model, taps = self._new_model(seed=0)
         validate_model(model)
-        build_layer_map(model, taps, _tensor(self.dataset.x[:2]))
+        try:
+            build_layer_map(model, taps, _tensor(self.dataset.x[:2]))
+        except (RuntimeError, TypeError) as error:
+            raise ConfigError(
+                f"model {self.config.model.name!r} failed on inputs of shape {self.dataset.input_shape} from dataset "
+                f"{self.dataset.name!r} ({type(error).__name__}: {error}); build the model from the input_shape "
+                "its factory receives"
+            ) from error
         (self.out_dir / "runs").mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out_dir / "config.json", {"fingerprint": self.fingerprint, "config": self.config.to_dict()})
 

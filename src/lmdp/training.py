@@ -24,7 +24,7 @@ from lmdp.checkpoint import load_checkpoint, save_checkpoint
 from lmdp.data.sampling import physical_batches, poisson_batches, shuffled_batches
 from lmdp.errors import ConfigError, NonFiniteLossError
 from lmdp.models.layer_map import LayerMap
-from lmdp.privacy.accounting import ACCOUNTANTS, epsilon_from_history
+from lmdp.privacy.accounting import ACCOUNTANTS
 from lmdp.privacy.engine import LMDPEngine, warn_if_delta_too_large
 from lmdp.privacy.ghost import GRAD_SAMPLE_MODES
 from lmdp.privacy.mechanism import PrivacyMechanism

@@ -28,7 +28,7 @@ def _fail(error: Exception) -> None:
 @_accountant_option
 @_json_option
 def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str, as_json: bool) -> None:
-    """Print the ε of STEPS steps of DP-SGD or LM-DP-SGD (both have the same mechanism)."""
+    """Print the ε of --steps steps of DP-SGD or LM-DP-SGD (both have the same mechanism)."""
     try:
         value = compute_epsilon(
             noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant

