@@ -53,7 +53,8 @@ _SLICED_LAYER_TYPES = (
     nn.InstanceNorm3d,
 )
 # Each slice's inputs, times the kernel size for a convolution, and output
-# gradients have at most this many elements (16 MiB in float32).
+# gradients have at most this many elements (16 MiB in float32), unless one
+# example alone has more.
 _SLICE_ELEMENTS = 2**22
 _CONV_WEIGHT_GRADIENTS = {
     nn.Conv1d: torch.nn.grad.conv1d_weight,
@@ -73,9 +74,10 @@ def resolve_grad_sample_mode(grad_sample_mode: str, module: nn.Module) -> str:
     ``"auto"`` picks ghost mode when layers of ``ghost_mode_layer_types()``
     have at least half of the trainable parameters, and hooks mode otherwise.
     On the zoo's MLP, CNN and ResNet, ghost mode was as fast as hooks mode or
-    faster at batch sizes 64 to 1024 (``lmdp bench`` on 2 CPU cores). Other
-    layers get per-example gradients from Opacus in both modes, so there ghost
-    mode would only add its second backward pass.
+    faster at batch sizes 64 to 1024 (``lmdp bench --threads 1`` on 2 CPU
+    cores, docs/benchmarks.md). Other layers get per-example gradients from
+    Opacus in both modes, so there ghost mode would only add its second
+    backward pass.
 
     Raises:
         ConfigError: for a mode not in ``GRAD_SAMPLE_MODES``.
