@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "lmdp-checkpoint"
 CHECKPOINT_VERSION = 1
 # Fields that may differ between the run that saved a checkpoint and the run
-# that resumes it; any other difference changes the mechanism or the data order.
-_RESUMABLE_CHANGES = {"steps"}
+# that resumes it (hooks and ghost mode compute the same step); any other
+# difference changes the mechanism or the data order.
+_RESUMABLE_CHANGES = {"steps", "grad_sample_mode"}
 
 
 def save_checkpoint(
