@@ -19,20 +19,6 @@ from lmdp.training import TrainingConfig, train
 FAST = RiskConfig(attack=AttackConfig(n_bootstrap=50, n_permutations=200))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Small models run faster on one thread than on two contended ones.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 def trained_mlp(data, seed, hidden_sizes=(64,)):
     torch.manual_seed(seed)
     model = build_model("mlp", input_shape=data.input_shape, num_classes=10, hidden_sizes=hidden_sizes)

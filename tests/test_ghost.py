@@ -23,13 +23,8 @@ INPUT_SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "resnet": (3, 8, 8)}
 NONUNIFORM_WEIGHTS = (0.3, 0.9, 0.55, 0.7)
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    """Run in float64 so that the 1e-5 tolerance tests the algorithm, not rounding."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# Float64, so that the 1e-5 tolerance tests the algorithm, not rounding.
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def make_case(name, n_records=9, seed=0):

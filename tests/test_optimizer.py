@@ -16,13 +16,8 @@ from lmdp.privacy import LMDPOptimizer, PrivacyMechanism, resolve_layer_weights
 
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    """Run in float64 so that the 1e-6 tolerances test the algorithm, not rounding."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# Float64, so that the 1e-6 tolerances test the algorithm, not rounding.
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 class ConvNet(nn.Module):

@@ -10,15 +10,6 @@ from lmdp.models import build_model
 from lmdp.representations import CaptureConfig, capture_representations, pool_activation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Small models run faster on one thread than on two contended ones.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Shapes(nn.Module):
     """Taps of every rank: conv (4-D), pooled (4-D, 1×1), flattened (2-D), 1-D conv (3-D), 3-D conv (5-D)."""
 

@@ -36,20 +36,6 @@ from lmdp.weighting import (
 FAST = RiskConfig(attack=AttackConfig(n_bootstrap=50, n_permutations=200))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Small models run faster on one thread than on two contended ones.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 @pytest.fixture(scope="module")
 def mlp_profile(digits):
     """A risk profile of a small MLP shadow model trained briefly on 600 public digits."""
