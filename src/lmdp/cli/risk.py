@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from lmdp.cli import main
+from lmdp.data import DATASET_NAMES
 from lmdp.errors import ArtifactError, ConfigError, LayerMapError, ProfileMismatchError, UnsupportedModuleError
 
 _POLICIES = ("error_proportional", "relative_risk")
@@ -18,11 +19,12 @@ _ERRORS = (ConfigError, ArtifactError, LayerMapError, ProfileMismatchError, Unsu
 
 def _dataset_options(function):
     options = [
-        click.option("--dataset", default="fashion-mnist-builtin", show_default=True,
-                     help="Dataset name, as accepted by lmdp.data.load_dataset (e.g. digits, mnist, npz)."),
+        click.option("--dataset", type=click.Choice(DATASET_NAMES), default="fashion-mnist-builtin", show_default=True,
+                     help="Dataset to read; formats read from disk need --path."),
         click.option("--path", "data_path", default=None, help="File or folder of the dataset, for on-disk formats."),
         click.option("--label-column", default=None, help="Label column of a csv dataset."),
-        click.option("--model", "model_name", default="cnn", show_default=True, help="Model of the zoo: mlp, cnn or resnet."),
+        click.option("--model", "model_name", default="cnn", show_default=True,
+                     help="Zoo model (mlp, cnn, resnet) or a user model as module:factory."),
         click.option("--taps", default=None,
                      help="Comma-separated qualified module names to tap, in forward order; default: the model's own taps."),
     ]
