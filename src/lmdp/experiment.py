@@ -130,8 +130,10 @@ class Experiment:
         saved = self.out_dir / "config.json"
         if not saved.exists() or overwrite:
             if overwrite and (self.out_dir / "runs").is_dir():
-                for stale in (self.out_dir / "runs").glob("*.json"):
-                    stale.unlink()
+                # Finished runs, profiles and checkpoints of the replaced experiment.
+                for stale in (self.out_dir / "runs").iterdir():
+                    if stale.is_file():
+                        stale.unlink()
             return
         try:
             fingerprint = json.loads(saved.read_text(encoding="utf-8"))["fingerprint"]
