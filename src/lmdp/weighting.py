@@ -127,8 +127,8 @@ def compute_layer_weights(profile: RiskProfile, policy: WeightingPolicy = Weight
     if overlapping and len(overlapping) == len(profile.taps) * (len(profile.taps) - 1) // 2:
         logger.warning(
             "the attack-error confidence intervals of all layers overlap, so the differences between "
-            "layer weights %s may be noise; use more shadow records to narrow the intervals",
-            {name: round(w, 3) for name, w in weights.items()},
+            "layer weights %s may be noise; use more public (shadow) records to narrow the intervals",
+            {name: round(w, 3) for name, w in weights.items() if name != HEAD},
         )
     return weights
 
