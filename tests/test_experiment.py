@@ -90,7 +90,8 @@ def test_different_config_does_not_overwrite_results(tmp_path):
     (out / "config.json").write_text(json.dumps({"fingerprint": "0123456789abcdef", "config": {}}))
     result = CliRunner().invoke(main, ["run", "--config", str(write_config(tmp_path, TINY)), "--out", str(out)])
     assert result.exit_code != 0
-    assert "different experiment" in result.output and "--overwrite" in result.output
+    assert "different experiment" in result.output
+    assert "--overwrite" in result.output
     assert json.loads((out / "config.json").read_text())["fingerprint"] == "0123456789abcdef"
 
 
@@ -122,7 +123,8 @@ def test_config_errors_name_field_and_value(change, message):
 def test_several_config_errors_are_reported_together():
     with pytest.raises(ConfigError) as raised:
         config_from_dict({"delta": 5, "training": {"max_grad_norm": 0}})
-    assert "delta" in str(raised.value) and "training.max_grad_norm" in str(raised.value)
+    assert "delta" in str(raised.value)
+    assert "training.max_grad_norm" in str(raised.value)
 
 
 @pytest.mark.parametrize(

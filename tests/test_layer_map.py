@@ -49,7 +49,8 @@ def test_every_problem_is_reported_once():
     model = Reordered()  # "unused" is trainable but never runs
     with pytest.raises(LayerMapError) as raised:
         build_layer_map(model, ("early", "late"), torch.zeros(1, 3))
-    assert "unused.weight" in str(raised.value) and "unused.bias" in str(raised.value)
+    assert "unused.weight" in str(raised.value)
+    assert "unused.bias" in str(raised.value)
 
     with pytest.raises(LayerMapError, match=r"unknown taps \['nope', 'missing'\]"):
         build_layer_map(model, ("nope", "early", "missing"), torch.zeros(1, 3))

@@ -36,7 +36,7 @@ class ConvNet(nn.Module):
 
 
 class EmbeddingNet(nn.Module):
-    """Embedding and Linear layers; the head (after the last tap) holds one Linear."""
+    """Embedding and Linear layers; the head (after the last tap) contains one Linear."""
 
     taps = ("embed", "hidden")
 

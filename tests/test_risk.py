@@ -283,7 +283,7 @@ def test_check_layer_weights():
 
 
 def test_profile_overlapping_private_members_is_rejected():
-    """A risk profile whose shadow data holds private members must not set the weights."""
+    """A risk profile whose shadow data contains private members must not set the weights."""
     from lmdp.data import load_dataset, split_shadow
     from lmdp.errors import ConfigError
     from lmdp.risk import check_public_only, measure_risk

@@ -10,7 +10,7 @@ target's members and non-members and runs the attack suite in two settings:
   then applied to the target. Reference statistics are refitted on the
   target's IRs of the shadow's reference records (public non-members), so
   only attacks in ``lmdp.attacks.TRANSFERABLE_ATTACKS`` take part. This is
-  the realistic adversary, who holds public data and can query the target.
+  the realistic adversary, who has public data and can query the target.
 
 Each setting reports per-layer AUC, balanced accuracy, advantage and TPR at
 1% and 0.1% FPR with bootstrap CIs, the output level, the peak over

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "lmdp-checkpoint"
 CHECKPOINT_VERSION = 1
 # Fields that may differ between the run that saved a checkpoint and the run
-# that resumes it (hooks and ghost mode compute the same step); any other
+# that resumes it. Hooks and ghost mode compute the same step. Any other
 # difference changes the mechanism or the data order.
 _RESUMABLE_CHANGES = {"steps", "grad_sample_mode"}
 

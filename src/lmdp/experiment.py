@@ -1,10 +1,10 @@
 """The main job: phases A–D for every method, target ε and seed, and the comparison.
 
-For each seed: split the data (public, members, non-members, test); train a
-shadow model on half the public pool and turn its per-layer risk into layer
-weights (phases A and B); then train the target model with every method and
-target ε, auditing it at checkpoints during training and at the end
-(phase D). Within a seed, ``dpsgd`` and ``lmdpsgd`` at one ε share the
+For each seed, the data is split into public, member, non-member and test
+parts. A shadow model trained on half the public pool gives the per-layer
+risk and the layer weights (phases A and B). Then the target model is trained
+with every method and target ε and audited at checkpoints during training and
+at the end (phase D). Within a seed, ``dpsgd`` and ``lmdpsgd`` at one ε share the
 initialisation, σ, the batches and the noise draws, so their paired
 difference isolates the effect of the layer weights.
 
@@ -141,7 +141,7 @@ class Experiment:
             raise ArtifactError(f"{saved} is damaged ({error}); choose another --out folder or pass --overwrite") from error
         if fingerprint != self.fingerprint:
             raise ConfigError(
-                f"{self.out_dir} holds results of a different experiment (config {fingerprint}, now {self.fingerprint}); "
+                f"{self.out_dir} contains results of a different experiment (config {fingerprint}, now {self.fingerprint}); "
                 "choose another --out folder, or pass --overwrite to replace them"
             )
         logger.info("resuming the experiment in %s: finished runs are reused", self.out_dir)

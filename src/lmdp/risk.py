@@ -317,7 +317,7 @@ def check_public_only(profile: RiskProfile, members: ArrayDataset) -> None:
     """Raise ConfigError when records of the private ``members`` were shadow data of ``profile``.
 
     LM-DP-SGD's guarantee assumes the layer weights depend on public data
-    only; weights measured on a shadow set that holds private members would
+    only; weights measured on a shadow set that contains private members would
     themselves depend on those members.
     """
     shadow_records = profile.shadow.get("record_fingerprints")

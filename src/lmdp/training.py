@@ -39,8 +39,8 @@ OPTIMIZERS = ("sgd", "adam")
 class TrainingConfig:
     """How to train one model. Privacy fields are ignored by ``nonprivate``.
 
-    ``sample_rate`` is the Poisson rate q of the private methods; non-private
-    training uses shuffled batches of round(q·N) records so all methods see
+    ``sample_rate`` is the Poisson rate q of the private methods. Non-private
+    training uses shuffled batches of round(q·N) records, so all methods see
     the same number of records per step on average.
     """
 

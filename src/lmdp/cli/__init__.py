@@ -18,7 +18,8 @@ from lmdp import __version__
 @click.option("-v", "--verbose", count=True, help="Log progress (-v) or debug details (-vv) to stderr.")
 def main(verbose: int) -> None:
     """Layer-wise membership-risk-aware DP-SGD: train, account, audit, compare."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    level = levels.get(verbose, logging.DEBUG)
     # force=True: Opacus installs a root handler at import, which would swallow this setting.
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
 

@@ -14,6 +14,10 @@ _accountant_option = click.option(
     "--accountant", type=click.Choice(ACCOUNTANTS), default="rdp", show_default=True, help="Privacy accountant."
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+_delta_option = click.option("--delta", type=float, required=True, help="Target δ; use less than 1/N.")
+_sample_rate_option = click.option(
+    "--sample-rate", type=float, required=True, help="Poisson sampling rate q = expected batch size / N."
+)
 
 
 def _fail(error: Exception) -> None:
@@ -22,9 +26,9 @@ def _fail(error: Exception) -> None:
 
 @main.command()
 @click.option("--noise-multiplier", type=float, required=True, help="Noise std divided by max_grad_norm (σ).")
-@click.option("--sample-rate", type=float, required=True, help="Poisson sampling rate q = expected batch size / N.")
+@_sample_rate_option
 @click.option("--steps", type=int, required=True, help="Number of logical (noisy) steps.")
-@click.option("--delta", type=float, required=True, help="Target δ; use less than 1/N.")
+@_delta_option
 @_accountant_option
 @_json_option
 def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str, as_json: bool) -> None:
@@ -51,8 +55,8 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
 
 @main.command()
 @click.option("--target-epsilon", type=float, required=True, help="The ε to reach at the end of training.")
-@click.option("--delta", type=float, required=True, help="Target δ; use less than 1/N.")
-@click.option("--sample-rate", type=float, required=True, help="Poisson sampling rate q = expected batch size / N.")
+@_delta_option
+@_sample_rate_option
 @click.option("--steps", type=int, default=None, help="Number of logical steps (or give --epochs).")
 @click.option("--epochs", type=float, default=None, help="Number of epochs; steps = floor(epochs / sample_rate).")
 @_accountant_option

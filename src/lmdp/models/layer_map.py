@@ -1,9 +1,9 @@
 """Layer maps: the tapped modules of a model and the parameter group of each tap.
 
 A tap is a module, named by its qualified name, whose output is an
-intermediate representation (IR). Group ``G_l`` holds the trainable parameters
+intermediate representation (IR). Group ``G_l`` contains the trainable parameters
 of the modules that run after tap ``l-1`` and up to tap ``l`` in the forward
-pass; the head group holds everything after the last tap. Execution order is
+pass; the head group contains everything after the last tap. Execution order is
 read from one forward pass on an example input, because registration order
 (``named_modules``) need not match the order in which modules run.
 """

@@ -178,7 +178,7 @@ def _build_user_model(spec: str, *, input_shape: Sequence[int], num_classes: int
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigError(
-            f"model {spec!r}: cannot import module {module_name!r} ({error}); run from the folder that holds it "
+            f"model {spec!r}: cannot import module {module_name!r} ({error}); run from the folder that contains it "
             "or add that folder to PYTHONPATH"
         ) from error
     factory = getattr(module, factory_name, None)
